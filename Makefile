@@ -1,0 +1,32 @@
+# Set-up commands that work on a fresh machine. TORCH picks the torch build:
+# the default takes the CPU wheel (from local disk on the project machines); `make demo TORCH=torch` opts into CUDA.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+IMAGE ?= ../shared/datasets/kodak/kodim23.png
+
+.PHONY: install test demo bench clean
+
+$(BIN)/vaecodec: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/vaecodec
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python -m vaecodec_cli.demo "$(IMAGE)"
+
+bench: install
+	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/python -m benchmarks.rd --data ../shared/datasets/kodak
+	$(BIN)/python -m benchmarks.speed
+
+clean:
+	rm -rf $(VENV) build *.egg-info

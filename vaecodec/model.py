@@ -1,0 +1,96 @@
+"""The mean-scale hyperprior VAE: transforms, gains and the training-time rate-distortion forward pass.
+
+Data path (Minnen, Ballé, Toderici 2018, without the autoregressive context model):
+
+    x --g_a--> y --*gain[q]--> y_q --h_a--> z --round(z - median)--> z_symbols
+    z_symbols --h_s (integer)--> mean, scale_index
+    y_symbols = round(y_q - mean)                                        (coded with the scale's table)
+    y_hat = (y_symbols + mean) * inverse_gain[q] --g_s--> x_hat
+
+Variable rate comes from per-channel gain vectors (Cui et al., "Asymmetric gained deep image compression
+with continuous rate adaptation", CVPR 2021): one gain and one inverse gain per trained level; fractional
+qualities interpolate them geometrically. Training minimises lambda[q] * 255^2 * MSE + bpp, where bpp is
+-log2 of the likelihood of the noisy latents under the prior: the KL term of the VAE, weighted as in a
+beta-VAE.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .entropy.factorized import FactorizedPrior
+from .entropy.gaussian import NUM_SCALES, GaussianConditional
+from .integer_net import HyperSynthesis
+from .layers import GDN, conv, deconv, round_ste
+
+# CompressAI's MSE lambda ladder for its 8 quality levels (distortion on 0-255 MSE).
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+STRIDE = 64  # total downsampling of z: images are padded to a multiple of this
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    channels: int = 96  # N: width of the analysis/synthesis transforms
+    latent_channels: int = 128  # M: channels of y
+    hyper_channels: int = 96  # channels of z and of the hyper transforms
+    levels: int = len(LAMBDAS)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HyperpriorVAE(nn.Module):
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.config = config
+        n, m, h = config.channels, config.latent_channels, config.hyper_channels
+        self.g_a = nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m))
+        self.g_s = nn.Sequential(
+            deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
+            deconv(n, n), GDN(n, inverse=True), deconv(n, 3),
+        )
+        self.h_a = nn.Sequential(conv(m, h, 3, 1), nn.ReLU(), conv(h, h), nn.ReLU(), conv(h, h))
+        self.h_s = HyperSynthesis(h, h, m, NUM_SCALES)
+        self.z_prior = FactorizedPrior(h)
+        self.y_conditional = GaussianConditional()
+        # log-domain gains keep them positive and make geometric interpolation linear
+        self.log_gain = nn.Parameter(torch.zeros(config.levels, m))
+        self.log_inverse_gain = nn.Parameter(torch.zeros(config.levels, m))
+
+    def gains(self, level: torch.Tensor):
+        """Gain and inverse gain for (possibly fractional) zero-based levels, shape (B,) -> (B, M, 1, 1)."""
+        level = level.clamp(0, self.config.levels - 1)
+        low = level.floor().long().clamp(max=self.config.levels - 2)
+        t = (level - low)[:, None]
+        log_gain = (1 - t) * self.log_gain[low] + t * self.log_gain[low + 1]
+        log_inverse = (1 - t) * self.log_inverse_gain[low] + t * self.log_inverse_gain[low + 1]
+        return log_gain.exp()[:, :, None, None], log_inverse.exp()[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
+        """Training pass: noisy latents for the rate, straight-through rounded latents for the distortion."""
+        gain, inverse_gain = self.gains(level)
+        y = self.g_a(x) * gain
+        z = self.h_a(y)
+        medians = self.z_prior.medians.detach()[None, :, None, None]
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+        z_likelihood = self.z_prior.likelihood(z_noisy)
+        z_symbols = round_ste(z - medians)
+        mean, scale_position = self.h_s(z_symbols)
+        scale = self.y_conditional.scale_from_position(scale_position)
+        y_noisy_residual = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)
+        y_likelihood = self.y_conditional.likelihood(y_noisy_residual, scale)
+        y_hat = round_ste(y - mean) + mean
+        x_hat = self.g_s(y_hat * inverse_gain)
+        return {"x_hat": x_hat, "y_likelihood": y_likelihood, "z_likelihood": z_likelihood}
+
+
+def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor) -> dict:
+    """lambda * 255^2 * MSE + bpp per image, averaged; also returns the parts for logging."""
+    num_pixels = x.shape[2] * x.shape[3]
+    bits = -(output["y_likelihood"].log2().flatten(1).sum(1) + output["z_likelihood"].log2().flatten(1).sum(1))
+    bpp = bits / num_pixels
+    mse = (output["x_hat"] - x).pow(2).flatten(1).mean(1)
+    lambdas = torch.tensor(LAMBDAS, device=x.device)[level.round().long()]
+    loss = (lambdas * 255**2 * mse + bpp).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}

@@ -1,0 +1,187 @@
+"""The training run: optimizer, schedule, checkpoints, resume, logging and validation.
+
+A run lives in a folder: ``config.json`` (everything that defines the run), ``checkpoint.pt`` (model,
+optimizers, step, RNG states; written every ``checkpoint_minutes``, at the end, and on SIGINT/SIGTERM),
+``log.jsonl`` (one JSON object per logged step and per validation). ``--resume`` reloads the checkpoint and
+continues exactly where it stopped: same step, optimizer moments, learning rate and random streams.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..model import LAMBDAS, HyperpriorVAE, ModelConfig, rate_distortion_loss
+from .data import CropPool, list_images, split_validation, validation_crops
+
+
+@dataclass
+class RunConfig:
+    data: list
+    steps: int = 100_000
+    patch: int = 128
+    batch: int = 8
+    learning_rate: float = 2e-4
+    decay_at: float = 0.85  # fraction of the steps after which the learning rate drops 10x
+    quantile_learning_rate: float = 1e-3
+    clip_norm: float = 1.0
+    seed: int = 0
+    validation_images: int = 16
+    validate_every: int = 1000
+    log_every: int = 50
+    checkpoint_minutes: float = 5.0
+    pool_crop: int = 256
+    crops_per_image: int = 4
+    pool_steps: int = 4000
+    threads: int = 2
+    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+    init: str = ""  # shipped weights this run started from, if any
+
+    def learning_rate_at(self, step: int) -> float:
+        return self.learning_rate * (0.1 if step >= self.decay_at * self.steps else 1.0)
+
+
+def _atomic_save(obj, path: Path):
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+class Trainer:
+    def __init__(self, run_dir, config: RunConfig, device="cpu", resume=False, init_state=None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.device = torch.device(device)
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.model = HyperpriorVAE(ModelConfig(**config.model)).to(self.device)
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        quantiles = [self.model.z_prior.quantiles]
+        main = [p for n, p in self.model.named_parameters() if n != "z_prior.quantiles"]
+        self.optimizer = torch.optim.Adam(main, lr=config.learning_rate)
+        self.quantile_optimizer = torch.optim.Adam(quantiles, lr=config.quantile_learning_rate)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        files = list_images(config.data)
+        train_files, held_out = split_validation(files, config.validation_images)
+        self.pool = CropPool(train_files, config.pool_crop, config.crops_per_image, config.pool_steps, config.seed)
+        self.validation = validation_crops(held_out) if held_out else None
+        if resume:
+            self._load_checkpoint()
+        else:
+            (self.run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        self._stop_requested = False
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def save_checkpoint(self):
+        _atomic_save({
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "quantile_optimizer": self.quantile_optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }, self.run_dir / "checkpoint.pt")
+
+    def _load_checkpoint(self):
+        state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.quantile_optimizer.load_state_dict(state["quantile_optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = state["step"]
+
+    # -- one optimizer step ------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        config = self.config
+        x = self.pool.batch(self.step, config.batch, config.patch, self.generator)
+        levels = torch.randint(len(LAMBDAS), (config.batch,), generator=self.generator).float()
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        levels = levels.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate_at(self.step)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            output = self.model(x, levels)
+        output = {k: v.float() for k, v in output.items()}
+        losses = rate_distortion_loss(x, output, levels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        quantile_loss = self.model.z_prior.quantile_loss()
+        self.quantile_optimizer.zero_grad(set_to_none=True)
+        quantile_loss.backward()
+        self.quantile_optimizer.step()
+        self.step += 1
+        mse = losses["mse"].item()
+        return {"step": self.step, "loss": losses["loss"].item(), "bpp": losses["bpp"].item(),
+                "psnr": 10 * math.log10(1 / max(mse, 1e-10)), "quantile_loss": quantile_loss.item()}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """bpp (model estimate) and PSNR of rounded latents on the held-out crops, per quality level."""
+        self.model.eval()
+        x = self.validation.to(self.device).contiguous(memory_format=torch.channels_last)
+        result = {"step": self.step, "validation": {}}
+        for level in range(len(LAMBDAS)):
+            levels = torch.full((len(x),), float(level), device=self.device)
+            output = self.model(x, levels)
+            output["x_hat"] = output["x_hat"].clamp(0, 1)
+            losses = rate_distortion_loss(x, output, levels)
+            result["validation"][level + 1] = {
+                "bpp": round(losses["bpp"].item(), 4),
+                "psnr": round(10 * math.log10(1 / losses["mse"].item()), 3)}
+        return result
+
+    def _log(self, record: dict):
+        with open(self.run_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+
+    def request_stop(self, *_):
+        self._stop_requested = True
+
+    def run(self, progress=None):
+        """Train until config.steps; checkpoint periodically and on SIGINT/SIGTERM. Returns the last stats."""
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        last_checkpoint = time.monotonic()
+        started, start_step = time.monotonic(), self.step
+        stats = {}
+        try:
+            while self.step < self.config.steps and not self._stop_requested:
+                stats = self.train_step()
+                if self.step % self.config.log_every == 0:
+                    elapsed = time.monotonic() - started
+                    stats["steps_per_second"] = round((self.step - start_step) / max(elapsed, 1e-9), 3)
+                    stats["time"] = round(time.time(), 1)
+                    self._log(stats)
+                if progress is not None:
+                    progress(stats)
+                if self.validation is not None and self.step % self.config.validate_every == 0:
+                    self._log(self.validate())
+                if time.monotonic() - last_checkpoint > 60 * self.config.checkpoint_minutes:
+                    self.save_checkpoint()
+                    last_checkpoint = time.monotonic()
+            self.save_checkpoint()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return stats
