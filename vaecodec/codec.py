@@ -1,0 +1,244 @@
+"""The codec users call: images -> latents -> bytes -> latents -> images.
+
+``Codec`` wraps loaded weights. The float transforms (g_a, h_a, g_s) run on the chosen device; everything
+that feeds the range coder is integer: z symbols, the integer hyper-synthesis (``integer_net.py``) and the
+frozen frequency tables (``entropy/``). Batches are formed from images of the same padded size, so an image
+codes to the same bytes alone or in a batch.
+"""
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import constriction
+import numpy as np
+import torch
+
+from . import container
+from .container import ImageHeader, quality_to_index
+from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_symbols, encode_symbols
+from .errors import InvalidFile, ModelMismatch, UsageError
+from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_image
+from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
+from .latents import Latents
+from .model import STRIDE, HyperpriorVAE, ModelConfig
+from .zoo import read_weights, weights_path
+
+Y_STRIDE = 16  # downsampling of y; z is at STRIDE
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but no CUDA GPU is available")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device '{device}' (use cpu, cuda or auto)")
+    return torch.device(device)
+
+
+@dataclass
+class Timings:
+    """Seconds spent in the last call, split so the bottleneck is visible."""
+
+    transform: float = 0.0
+    entropy: float = 0.0
+    images: int = 0
+    history: list = field(default_factory=list, repr=False)
+
+
+def load(name: str = "default", device: str = "auto") -> "Codec":
+    """Load shipped weights by name (or alias, or path to a .pt file) onto a device ("cpu", "cuda", "auto")."""
+    weights, model_hash = read_weights(weights_path(name))
+    return Codec(weights, model_hash, resolve_device(device))
+
+
+class Codec:
+    def __init__(self, weights: dict, model_hash: bytes, device: torch.device):
+        self.model_name = weights["name"]
+        self.model_hash = model_hash
+        self.device = device
+        self.config = ModelConfig(**weights["config"])
+        model = HyperpriorVAE(self.config)
+        model.load_state_dict({k: v.float() for k, v in weights["transforms"].items()}, strict=False)
+        model = model.to(device).eval().to(memory_format=torch.channels_last)
+        self.g_a, self.h_a, self.g_s = model.g_a, model.h_a, model.g_s
+        self.hyper_synthesis = IntegerHyperSynthesis(
+            model.h_s.specs, weights["hyper_synthesis"], self.config.latent_channels, model.h_s.num_scales, device)
+        self.gain = weights["gain"].float().to(device)
+        self.inverse_gain = weights["inverse_gain"].float().to(device)
+        self.z_offsets = weights["z_offsets"].float().to(device)
+        self.z_tables = TableSet(weights["z_frequencies"].numpy(), weights["z_table_low"].numpy())
+        self.y_tables = TableSet(weights["y_frequencies"].numpy(), weights["y_table_low"].numpy())
+        self.training_info = weights.get("training", {})
+        self.timings = Timings()
+
+    # -- shapes -----------------------------------------------------------------------------------------------
+    def latent_shapes(self, width: int, height: int) -> tuple:
+        padded_width, padded_height = padded_size(width, height, STRIDE)
+        z_shape = (self.config.hyper_channels, padded_height // STRIDE, padded_width // STRIDE)
+        y_shape = (self.config.latent_channels, padded_height // Y_STRIDE, padded_width // Y_STRIDE)
+        return z_shape, y_shape
+
+    def _z_table_index(self, z_shape) -> np.ndarray:
+        return np.broadcast_to(np.arange(z_shape[0])[:, None, None], z_shape)
+
+    def _check_model(self, header: ImageHeader, what: str):
+        if header.model_hash != self.model_hash or header.model_name != self.model_name:
+            raise ModelMismatch(
+                f"{what} was written by model {header.model_name} ({header.model_hash.hex()}), "
+                f"not the loaded {self.model_name} ({self.model_hash.hex()})")
+
+    # -- transforms (batched) ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor):
+        """Padded images (B, 3, H, W) -> z symbols, y symbols (int64, on CPU)."""
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        y = self.g_a(x) * self.gain[quality_index][:, :, None, None]
+        z = self.h_a(y)
+        z_symbols = torch.round(z - self.z_offsets[None, :, None, None]).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
+        mean_fixed, _ = self.hyper_synthesis.run(z_symbols)
+        mean = mean_fixed.to(y.dtype) / 2**ACTIVATION_FRAC_BITS
+        y_symbols = torch.round(y - mean).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
+        return z_symbols.cpu(), y_symbols.cpu()
+
+    @torch.inference_mode()
+    def _synthesize(self, z_symbols: torch.Tensor, y_symbols: torch.Tensor, quality_index: torch.Tensor):
+        mean_fixed, _ = self.hyper_synthesis.run(z_symbols.to(self.device))
+        y_hat = y_symbols.to(self.device).float() + mean_fixed.float() / 2**ACTIVATION_FRAC_BITS
+        y_hat = y_hat * self.inverse_gain[quality_index][:, :, None, None]
+        return self.g_s(y_hat.contiguous(memory_format=torch.channels_last)).float()
+
+    # -- entropy coding (one image) ---------------------------------------------------------------------------
+    def _entropy_encode(self, z_symbols: np.ndarray, y_symbols: np.ndarray) -> bytes:
+        _, scale_index = self.hyper_synthesis.run(torch.from_numpy(z_symbols)[None])
+        encoder = constriction.stream.queue.RangeEncoder()
+        encode_symbols(encoder, z_symbols, self._z_table_index(z_symbols.shape), self.z_tables)
+        encode_symbols(encoder, y_symbols, scale_index[0].cpu().numpy(), self.y_tables)
+        return encoder.get_compressed().astype("<u4").tobytes()
+
+    def _entropy_decode(self, payload: bytes, header: ImageHeader) -> tuple:
+        z_shape, y_shape = self.latent_shapes(header.width, header.height)
+        if len(payload) % 4:
+            raise InvalidFile(".vae file has a malformed payload length")
+        try:
+            decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+            z_symbols = decode_symbols(decoder, self._z_table_index(z_shape), self.z_tables)
+            _, scale_index = self.hyper_synthesis.run(torch.from_numpy(z_symbols)[None])
+            y_symbols = decode_symbols(decoder, scale_index[0].cpu().numpy(), self.y_tables)
+        except (ValueError, RuntimeError, OverflowError) as error:
+            raise InvalidFile(f".vae payload cannot be decoded ({error})") from None
+        return z_symbols, y_symbols
+
+    # -- public API: latents ----------------------------------------------------------------------------------
+    def encode_latents(self, image, quality: float = 4.0) -> Latents:
+        """Quantized latents of one image (PIL image or path)."""
+        return next(self._iter_latents([image], quality, 1))
+
+    def decode_latents(self, latents: Latents):
+        """Image from latents produced by ``encode_latents`` (or received with ``Latents.from_bytes``)."""
+        return next(self.iter_decode_latents([latents], 1))
+
+    def _iter_latents(self, images, quality: float, batch_size: int):
+        try:
+            quality_index = quality_to_index(float(quality))
+        except (TypeError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        images = iter(images)
+        while chunk := list(itertools.islice(images, max(1, batch_size))):
+            opened = [open_image(image) for image in chunk]
+            results = [None] * len(opened)
+            for size, members in _group_by(opened, lambda im: padded_size(*im.size, STRIDE)).items():
+                started = time.perf_counter()
+                x = torch.cat([pad(image_to_tensor(opened[i]), STRIDE) for i in members])
+                qualities = torch.full((len(members),), quality_index, dtype=torch.long, device=self.device)
+                z_symbols, y_symbols = self._analyse(x, qualities)
+                self.timings.transform += time.perf_counter() - started
+                for row, i in enumerate(members):
+                    image = opened[i]
+                    header = ImageHeader(self.model_name, self.model_hash, quality_index, image.mode, *image.size)
+                    results[i] = Latents(header, z_symbols[row].numpy().astype(np.int16),
+                                         y_symbols[row].numpy().astype(np.int16))
+            yield from results
+
+    def iter_decode_latents(self, latents_list, batch_size: int = 8):
+        latents_list = iter(latents_list)
+        while chunk := list(itertools.islice(latents_list, max(1, batch_size))):
+            for latents in chunk:
+                self._check_model(latents.header, "latents")
+                z_shape, y_shape = self.latent_shapes(latents.header.width, latents.header.height)
+                if latents.z_symbols.shape != z_shape or latents.y_symbols.shape != y_shape:
+                    raise InvalidFile("latents have shapes that do not match the image size")
+            results = [None] * len(chunk)
+            groups = _group_by(chunk, lambda l: padded_size(l.header.width, l.header.height, STRIDE))
+            for members in groups.values():
+                started = time.perf_counter()
+                z = torch.from_numpy(np.stack([chunk[i].z_symbols for i in members]).astype(np.int64))
+                y = torch.from_numpy(np.stack([chunk[i].y_symbols for i in members]).astype(np.int64))
+                qualities = torch.tensor([chunk[i].header.quality_index for i in members], device=self.device)
+                x_hat = self._synthesize(z, y, qualities)
+                for row, i in enumerate(members):
+                    header = chunk[i].header
+                    results[i] = tensor_to_image(x_hat[row, :, :header.height, :header.width], header.mode)
+                self.timings.transform += time.perf_counter() - started
+            yield from results
+
+    # -- public API: files ------------------------------------------------------------------------------------
+    def latents_to_bytes(self, latents: Latents) -> bytes:
+        """Entropy-code latents into a .vae file."""
+        started = time.perf_counter()
+        payload = self._entropy_encode(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64))
+        self.timings.entropy += time.perf_counter() - started
+        return container.pack(latents.header, payload)
+
+    def bytes_to_latents(self, data: bytes) -> Latents:
+        """Parse, validate and entropy-decode a .vae file into latents."""
+        header, payload = container.unpack(data)
+        self._check_model(header, ".vae file")
+        started = time.perf_counter()
+        z_symbols, y_symbols = self._entropy_decode(payload, header)
+        self.timings.entropy += time.perf_counter() - started
+        return Latents(header, z_symbols.astype(np.int16), y_symbols.astype(np.int16))
+
+    def header(self, data: bytes) -> ImageHeader:
+        """Validate a .vae file (CRC, version, model) without decoding it; returns its header."""
+        header, _ = container.unpack(data)
+        self._check_model(header, ".vae file")
+        return header
+
+    def compress(self, image, quality: float = 4.0) -> bytes:
+        """One image (PIL image or path) -> bytes of a .vae file."""
+        return self.latents_to_bytes(self.encode_latents(image, quality))
+
+    def decompress(self, data: bytes):
+        """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources)."""
+        return self.decode_latents(self.bytes_to_latents(data))
+
+    def iter_compress(self, images, quality: float = 4.0, batch_size: int = 8):
+        """Yield .vae bytes for each image, in order; images are read lazily, ``batch_size`` at a time."""
+        for latents in self._iter_latents(images, quality, batch_size):
+            yield self.latents_to_bytes(latents)
+
+    def iter_decompress(self, datas, batch_size: int = 8):
+        """Yield images for each .vae file's bytes, in order."""
+        return self.iter_decode_latents((self.bytes_to_latents(d) for d in datas), batch_size)
+
+    def compress_batch(self, images, quality: float = 4.0, batch_size: int = 8) -> list:
+        return list(self.iter_compress(images, quality, batch_size))
+
+    def decompress_batch(self, datas, batch_size: int = 8) -> list:
+        return list(self.iter_decompress(datas, batch_size))
+
+    def estimated_bits(self, latents: Latents) -> float:
+        """The model's information content of the latents (sum of -log2 p under the frozen tables)."""
+        _, scale_index = self.hyper_synthesis.run(torch.from_numpy(latents.z_symbols.astype(np.int64))[None])
+        z_bits = self.z_tables.estimated_bits(latents.z_symbols, self._z_table_index(latents.z_symbols.shape))
+        y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index[0].cpu().numpy())
+        return z_bits + y_bits
+
+
+def _group_by(items, key) -> dict:
+    groups = {}
+    for i, item in enumerate(items):
+        groups.setdefault(key(item), []).append(i)
+    return groups

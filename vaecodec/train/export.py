@@ -1,0 +1,134 @@
+"""Export a training run to shipped weights: freeze the entropy models, drop optimizer state, verify.
+
+Steps: load the run's checkpoint; fit the factorized prior's tail quantiles to convergence (cheap, no data:
+the medians, which the hyper-synthesis was trained against, stay as trained); quantize h_s to integers;
+build the integer frequency tables; precompute the gains of every quality index; store the float transforms
+in fp16; save. Then reload the file as a ``Codec`` and check on held-out training images that real file
+sizes match the model's estimated rate and that decoding reproduces the symbols exactly.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..codec import Codec
+from ..container import QUALITY_LEVELS, QUALITY_STEP
+from ..entropy.tables import PRECISION
+from ..model import HyperpriorVAE, ModelConfig
+from ..zoo import read_weights, save_weights
+from .data import list_images, load_rgb, split_validation
+
+TRANSFORM_PREFIXES = ("g_a.", "g_s.", "h_a.")
+
+
+def fit_tail_quantiles(model: HyperpriorVAE, steps: int = 3000):
+    """Move the lower and upper quantiles of the z prior to their targets; the medians are left alone."""
+    quantiles = model.z_prior.quantiles
+    optimizer = torch.optim.Adam([quantiles], lr=0.05)
+    keep_median = torch.tensor([1.0, 0.0, 1.0])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model.z_prior.quantile_loss().backward()
+        quantiles.grad *= keep_median
+        optimizer.step()
+    return model.z_prior.quantile_loss().item()
+
+
+def quality_gains(model: HyperpriorVAE) -> tuple:
+    levels = torch.tensor([index * QUALITY_STEP for index in range(QUALITY_LEVELS)])
+    gain, inverse_gain = model.gains(levels)
+    return gain[:, :, 0, 0].detach().float(), inverse_gain[:, :, 0, 0].detach().float()
+
+
+def build_weights(model: HyperpriorVAE, name: str, fp16: bool, training: dict) -> dict:
+    state = model.state_dict()
+    dtype = torch.float16 if fp16 else torch.float32
+    transforms = {k: v.to(dtype) for k, v in state.items() if k.startswith(TRANSFORM_PREFIXES)}
+    gain, inverse_gain = quality_gains(model)
+    z_tables = model.z_prior.export_tables(PRECISION)
+    y_tables = model.y_conditional.export_tables(PRECISION)
+    return {
+        "name": name,
+        "config": model.config.to_dict(),
+        "transforms": transforms,
+        "gain": gain,
+        "inverse_gain": inverse_gain,
+        "hyper_synthesis": model.h_s.export_integer_tables(),
+        "z_offsets": torch.from_numpy(z_tables["offsets"]),
+        "z_table_low": torch.from_numpy(z_tables["table_low"]),
+        "z_frequencies": torch.from_numpy(z_tables["frequencies"]),
+        "y_table_low": torch.from_numpy(y_tables["table_low"]),
+        "y_frequencies": torch.from_numpy(y_tables["frequencies"]),
+        "training": training,
+    }
+
+
+def verify(codec: Codec, images: list, qualities=(1.0, 4.0, 8.0)) -> list:
+    """Real size vs estimated rate, and exact symbol round trip, for each image and quality."""
+    rows = []
+    for path in images:
+        image = load_rgb(path)
+        for quality in qualities:
+            latents = codec.encode_latents(image, quality)
+            data = codec.latents_to_bytes(latents)
+            decoded = codec.bytes_to_latents(data)
+            estimated_bytes = codec.estimated_bits(latents) / 8
+            rows.append({
+                "image": Path(path).name, "quality": quality, "bytes": len(data),
+                "estimated_bytes": round(estimated_bytes, 1),
+                "overhead": round(len(data) / estimated_bytes - 1, 5),
+                "symbols_identical": bool(decoded == latents),
+            })
+    return rows
+
+
+def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_images: int = 4) -> dict:
+    """Export ``run_dir``'s checkpoint to ``out_path`` (a .pt file); returns a report dict."""
+    run_dir, out_path = Path(run_dir), Path(out_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model = HyperpriorVAE(ModelConfig(**config["model"]))
+    model.load_state_dict(checkpoint["model"])
+    started = time.time()
+    quantile_loss = fit_tail_quantiles(model)
+    name = name or out_path.stem
+    previous = {}
+    if out_path.exists():  # keep the training history of earlier rounds
+        try:
+            previous = read_weights(out_path)[0].get("training", {})
+        except Exception:
+            previous = {}
+    history = list(previous.get("rounds", []))
+    history.append({"run": str(run_dir), "steps": checkpoint["step"], "config": config,
+                    "log_tail": _log_summary(run_dir)})
+    training = {"rounds": history}
+    weights = build_weights(model, name, fp16, training)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(weights, out_path)
+
+    codec = Codec(*read_weights(out_path), torch.device("cpu"))
+    _, held_out = split_validation(list_images(config["data"]), config.get("validation_images", 16))
+    checks = verify(codec, held_out[:verify_images]) if held_out else []
+    report = {
+        "weights": str(out_path), "bytes": out_path.stat().st_size, "model_hash": codec.model_hash.hex(),
+        "quantile_loss": quantile_loss, "export_seconds": round(time.time() - started, 1), "checks": checks,
+        "max_overhead": max((c["overhead"] for c in checks), default=math.nan),
+        "symbols_identical": all(c["symbols_identical"] for c in checks),
+    }
+    return report
+
+
+def _log_summary(run_dir: Path) -> dict:
+    """Wall time and the last validation of a run, from its log.jsonl."""
+    log = run_dir / "log.jsonl"
+    if not log.exists():
+        return {}
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    times = [r["time"] for r in records if "time" in r]
+    validations = [r for r in records if "validation" in r]
+    return {"logged_wall_seconds": round(times[-1] - times[0], 1) if len(times) > 1 else 0,
+            "last_validation": validations[-1] if validations else None}

@@ -1,0 +1,73 @@
+"""Shipped weights: where they live, their file format, and their identity hash.
+
+A weights file ``pretrained/<name>.pt`` is a plain dict of tensors, strings and numbers, saved with
+``torch.save`` and read with ``torch.load(weights_only=True)`` (no arbitrary unpickling):
+
+    format            "vaecodec-weights/1"
+    name              model name, written into every .vae header
+    config            ModelConfig fields
+    transforms        state dict of g_a, h_a, g_s (fp16 floats)
+    gain, inverse_gain            float32 (QUALITY_LEVELS, M): per-channel gains for every quality index
+    hyper_synthesis   integer weights and biases of h_s (int64), see integer_net.py
+    z_offsets         float32 (C_z,): z is coded as round(z - offset)
+    z_table_low, z_frequencies    int32 frequency tables of z, one per channel (see entropy/tables.py)
+    y_table_low, y_frequencies    int32 frequency tables of y, one per scale
+    training          dict with the training history (informational)
+
+The model hash written into .vae files is the first 4 bytes of the SHA-256 of the file, so a .vae file is
+only decoded by exactly the weights that wrote it.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ModelNotFound, InvalidFile
+
+WEIGHTS_FORMAT = "vaecodec-weights/1"
+ALIASES = {"default": "mshp-n64"}
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def search_dirs() -> list:
+    dirs = [Path(p) for p in os.environ.get("VAECODEC_MODEL_PATH", "").split(os.pathsep) if p]
+    try:
+        import vaecodec_pretrained  # installed copy of pretrained/ (non-editable installs)
+
+        dirs.append(Path(vaecodec_pretrained.__file__).parent)
+    except ImportError:
+        pass
+    return dirs + [PRETRAINED_DIR]
+
+
+def weights_path(name: str) -> Path:
+    """Resolve a model name, an alias like "default", or a path to a .pt file."""
+    if name.endswith(".pt") and Path(name).is_file():
+        return Path(name)
+    name = ALIASES.get(name, name)
+    for directory in search_dirs():
+        candidate = directory / f"{name}.pt"
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFound(f"model '{name}' not found (looked in {', '.join(str(d) for d in search_dirs())})")
+
+
+def read_weights(path: Path) -> tuple:
+    """(weights dict, 4-byte model hash) of a weights file."""
+    data = Path(path).read_bytes()
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged download should read as such, not as a traceback
+        raise InvalidFile(f"{path}: not a readable vaecodec weights file ({error.__class__.__name__})") from None
+    if not isinstance(weights, dict) or weights.get("format") != WEIGHTS_FORMAT:
+        raise InvalidFile(f"{path}: not a {WEIGHTS_FORMAT} file")
+    return weights, hashlib.sha256(data).digest()[:4]
+
+
+def save_weights(weights: dict, path: Path):
+    path = Path(path)
+    temporary = path.with_suffix(".pt.tmp")
+    torch.save({"format": WEIGHTS_FORMAT, **weights}, temporary)
+    os.replace(temporary, path)
