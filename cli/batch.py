@@ -1,0 +1,184 @@
+"""Coding many files through a batched model, where one bad file costs only itself.
+
+``code_in_order`` feeds prepared inputs lazily to a batched coder (``codec.iter_compress`` or
+``iter_decompress``) and yields one outcome per job, in input order: the coded result, or the
+``VaecodecError`` that made that file fail. ``Tally`` prints those outcomes and decides the exit code.
+"""
+
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+import click
+
+from vaecodec.errors import VaecodecError
+
+from .files import Job
+
+
+def prepare_ahead(prepare: Callable, jobs: Iterable[Job], workers: int) -> Iterator[tuple]:
+    """(job, prepare(job) or the VaecodecError it raised) for each job, in order.
+
+    With several workers, reading and decoding the next input files overlaps with the model; only a few jobs
+    run ahead, so a folder of any size never sits in memory.
+    """
+    def attempt(job):
+        try:
+            return prepare(job)
+        except VaecodecError as error:
+            return error
+
+    if workers <= 1:
+        for job in jobs:
+            yield job, attempt(job)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vaecodec-read")
+    ahead = deque()
+    try:
+        for job in jobs:
+            ahead.append((job, pool.submit(attempt, job)))
+            if len(ahead) > 2 * workers:
+                job, future = ahead.popleft()
+                yield job, future.result()
+        while ahead:
+            job, future = ahead.popleft()
+            yield job, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def code_in_order(prepared: Iterable[tuple], code_many: Callable, code_one: Callable) -> Iterator[tuple]:
+    """(job, result or VaecodecError) for each (job, item or VaecodecError) in ``prepared``, in order.
+
+    ``code_many(items)`` must yield one result per item, in order, pulling items lazily. When it raises, we
+    cannot tell which item of its batch was bad, so the items it holds are coded one by one with
+    ``code_one`` (which pins the failure on its file) and batching resumes with the rest.
+    """
+    pending = deque()  # (job, item or error) taken from `prepared` whose outcome is not yielded yet
+
+    def items():
+        for job, item in prepared:
+            pending.append((job, item))
+            if not isinstance(item, VaecodecError):
+                yield item
+
+    def failures_first():
+        # Files that failed while being prepared never reach the coder; report them in their place in line.
+        while pending and isinstance(pending[0][1], VaecodecError):
+            yield pending.popleft()
+
+    feed = items()
+    while True:
+        try:
+            for result in code_many(feed):
+                yield from failures_first()
+                job, _ = pending.popleft()
+                yield job, result
+            yield from failures_first()
+            if pending:
+                raise RuntimeError(f"the coder returned no result for {pending[0][0].source}")
+            return
+        except VaecodecError:
+            if all(isinstance(item, VaecodecError) for _, item in pending):
+                raise  # the coder failed on no item of ours: retrying would fail the same way
+        while pending:
+            job, item = pending.popleft()
+            if not isinstance(item, VaecodecError):
+                try:
+                    item = code_one(item)
+                except VaecodecError as error:
+                    item = error
+            yield job, item
+
+
+class Progress:
+    """A progress bar on stderr for several files, shown only on a terminal; lines printed meanwhile
+    first clear the bar so the two do not mix."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def echo(self, line: str, err: bool = False) -> None:
+        if self.bar is not None:
+            click.echo("\r\x1b[K", nl=False, err=True)
+        click.echo(line, err=err)
+
+
+@contextmanager
+def progress(count: int, label: str):
+    if count < 2 or not sys.stderr.isatty():
+        yield Progress(None)
+        return
+    with click.progressbar(length=count, label=label, file=sys.stderr) as bar:
+        yield Progress(bar)
+
+
+def without_name(message: str, name: str) -> str:
+    """The message without a leading "name: ": errors from reading an image name the file, and the line
+    printed for it already starts with the file's whole path."""
+    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def error_line(message: str) -> str:
+    return f"vaecodec: error: {one_line(message)}"
+
+
+class Tally:
+    """Prints a line per file and the summary, and gives the exit code (see ``exit_code_for``)."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.started = self.last = time.perf_counter()
+        self.images = self.bytes_in = self.bytes_out = 0
+        self.bpp_sum = 0.0
+        self.failed_classes = []
+
+    def succeeded(self, job: Job, bytes_out: int, compressed_bytes: int) -> None:
+        """``compressed_bytes`` is the size of the .vae file, whichever way the job went."""
+        # Batched coding returns results in bursts, so the time is the interval since the previous success:
+        # the first file of a batch carries the batch's time, and the times add up to the run's wall time.
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        bpp = 8 * compressed_bytes / (job.width * job.height)
+        self.images += 1
+        self.bytes_in += job.bytes_in
+        self.bytes_out += bytes_out
+        self.bpp_sum += bpp
+        self.progress.echo(f"{job.source} -> {job.target}: {job.width}x{job.height}, {compressed_bytes} bytes, "
+                           f"{bpp:.3f} bpp, {seconds:.2f} s")
+        self.progress.update()
+
+    def failed(self, job: Job, error: VaecodecError) -> None:
+        self.failed_classes.append(type(error))
+        self.progress.echo(error_line(f"{job.source}: {without_name(str(error), job.source.name)}"), err=True)
+        self.progress.update()
+
+    def summary(self) -> str:
+        seconds = time.perf_counter() - self.started
+        mean_bpp = self.bpp_sum / self.images if self.images else 0.0
+        failed = f", {len(self.failed_classes)} failed" if self.failed_classes else ""
+        return (f"{self.images} images{failed}: {self.bytes_in} bytes in, {self.bytes_out} bytes out, "
+                f"mean {mean_bpp:.3f} bpp, {self.images / seconds:.2f} images/s")
+
+    def exit_code(self) -> int:
+        return exit_code_for(self.failed_classes)
+
+
+def exit_code_for(failed_classes) -> int:
+    """0 when nothing failed; the failures' own exit code when they share an error class (so a script can
+    tell "corrupt input" from "output exists"); else 1."""
+    classes = set(failed_classes)
+    if not classes:
+        return 0
+    return classes.pop().exit_code if len(classes) == 1 else 1
