@@ -126,7 +126,7 @@ class Codec:
             z_symbols = decode_symbols(decoder, self._z_table_index(z_shape), self.z_tables)
             _, scale_index = self.hyper_synthesis.run(torch.from_numpy(z_symbols)[None])
             y_symbols = decode_symbols(decoder, scale_index[0].cpu().numpy(), self.y_tables)
-        except (ValueError, RuntimeError, OverflowError) as error:
+        except (AssertionError, ValueError, RuntimeError, OverflowError) as error:  # constriction asserts on invalid data
             raise InvalidFile(f".vae payload cannot be decoded ({error})") from None
         return z_symbols, y_symbols
 

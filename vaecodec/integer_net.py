@@ -25,6 +25,11 @@ import torch.nn.functional as F
 
 from .layers import round_ste
 
+
+def round_half_up_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor(x + 1/2) with a straight-through gradient: the integer path's rounding, ties included."""
+    return x + (torch.floor(x + 0.5) - x).detach()
+
 WEIGHT_FRAC_BITS = 12
 ACTIVATION_FRAC_BITS = 6
 ACTIVATION_MAX = 64.0  # hidden activations live in [0, 64] in steps of 1/64
@@ -63,19 +68,23 @@ class HyperSynthesis(nn.Module):
             self.convs[-1].bias[y_channels:] = num_scales / 2
 
     def forward(self, z_symbols: torch.Tensor):
-        """Training path. Returns (mean, scale_position); both are already on their integer grids."""
-        x = z_symbols
+        """Training path. Returns (mean, scale_position); both are already on their integer grids.
+
+        Runs in float64 (the network is tiny: it works at 1/64 and 1/16 of the image resolution) so that its
+        sums are as exact as the integer path's and training sees the values coding will use.
+        """
+        x = z_symbols.double()
         for spec, conv in zip(self.specs, self.convs):
-            weight = round_ste(conv.weight * 2**WEIGHT_FRAC_BITS) / 2**WEIGHT_FRAC_BITS
+            weight = round_ste(conv.weight.double() * 2**WEIGHT_FRAC_BITS) / 2**WEIGHT_FRAC_BITS
             bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
-            bias = round_ste(conv.bias * bias_unit) / bias_unit
+            bias = round_ste(conv.bias.double() * bias_unit) / bias_unit
             x = F.conv2d(x, weight, bias, padding=1)
             if spec.upscale > 1:
                 x = F.pixel_shuffle(x, spec.upscale)
-            x = round_ste(x * 2**ACTIVATION_FRAC_BITS) / 2**ACTIVATION_FRAC_BITS
+            x = round_half_up_ste(x * 2**ACTIVATION_FRAC_BITS) / 2**ACTIVATION_FRAC_BITS
             if spec.hidden:
                 x = x.clamp(0.0, ACTIVATION_MAX)
-        mean, scale_position = x.split(self.y_channels, dim=1)
+        mean, scale_position = x.float().split(self.y_channels, dim=1)
         return mean.clamp(-MEAN_MAX, MEAN_MAX), scale_position.clamp(0, self.num_scales - 1)
 
     def export_integer_tables(self) -> dict:

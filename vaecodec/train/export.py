@@ -18,6 +18,7 @@ import torch
 from ..codec import Codec
 from ..container import QUALITY_LEVELS, QUALITY_STEP
 from ..entropy.tables import PRECISION
+from ..integer_net import WEIGHT_FRAC_BITS
 from ..model import HyperpriorVAE, ModelConfig
 from ..zoo import read_weights, save_weights
 from .data import list_images, load_rgb, split_validation
@@ -58,6 +59,7 @@ def build_weights(model: HyperpriorVAE, name: str, fp16: bool, training: dict) -
         "gain": gain,
         "inverse_gain": inverse_gain,
         "hyper_synthesis": model.h_s.export_integer_tables(),
+        "z_prior": {k: v.float() for k, v in model.z_prior.state_dict().items()},  # for --init fine-tuning
         "z_offsets": torch.from_numpy(z_tables["offsets"]),
         "z_table_low": torch.from_numpy(z_tables["table_low"]),
         "z_frequencies": torch.from_numpy(z_tables["frequencies"]),
@@ -65,6 +67,22 @@ def build_weights(model: HyperpriorVAE, name: str, fp16: bool, training: dict) -
         "y_frequencies": torch.from_numpy(y_tables["frequencies"]),
         "training": training,
     }
+
+
+def model_from_weights(weights: dict) -> HyperpriorVAE:
+    """Rebuild a trainable float model from shipped weights (for ``vaecodec train --init``)."""
+    model = HyperpriorVAE(ModelConfig(**weights["config"]))
+    state = {k: v.float() for k, v in weights["transforms"].items()}
+    state.update({f"z_prior.{k}": v for k, v in weights["z_prior"].items()})
+    for i, spec in enumerate(model.h_s.specs):
+        state[f"h_s.convs.{i}.weight"] = weights["hyper_synthesis"][f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS
+        bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
+        state[f"h_s.convs.{i}.bias"] = weights["hyper_synthesis"][f"layer{i}.bias"].double() / bias_unit
+    steps_per_level = round(1 / QUALITY_STEP)
+    state["log_gain"] = weights["gain"][::steps_per_level].log()
+    state["log_inverse_gain"] = weights["inverse_gain"][::steps_per_level].log()
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model
 
 
 def verify(codec: Codec, images: list, qualities=(1.0, 4.0, 8.0)) -> list:

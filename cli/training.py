@@ -1,0 +1,117 @@
+"""`vaecodec train` and `vaecodec export`: training runs as a product feature."""
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from vaecodec.errors import UsageError
+
+
+@click.command()
+@click.option("--data", "data_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of training images (repeatable). Never Kodak.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--steps", type=int, default=None, help="Total optimizer steps of the run.")
+@click.option("--patch", type=int, default=None, help="Training crop size (default 128).")
+@click.option("--batch", type=int, default=None, help="Crops per step (default 8).")
+@click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate (default 2e-4).")
+@click.option("--threads", type=int, default=None, help="CPU threads (default 2).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
+@click.option("--channels", type=int, default=None, help="Model width N (new runs only).")
+@click.option("--latent-channels", type=int, default=None, help="Channels of y (new runs only).")
+@click.option("--hyper-channels", type=int, default=None, help="Channels of z (new runs only).")
+def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, device, resume, init_weights,
+          channels, latent_channels, hyper_channels):
+    """Train a variable-rate model (all 8 quality levels in one run).
+
+    Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
+
+    \b
+    Examples:
+      vaecodec train --data ../shared/datasets/train --out runs/new --steps 20000
+      vaecodec train --out runs/new --resume
+      vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
+    """
+    import torch
+
+    from vaecodec.codec import resolve_device
+    from vaecodec.model import ModelConfig
+    from vaecodec.train.loop import RunConfig, Trainer
+
+    run_path = Path(run_dir)
+    overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    init_state = None
+    if resume:
+        if not (run_path / "checkpoint.pt").exists():
+            raise UsageError(f"{run_dir} has no checkpoint to resume")
+        saved = json.loads((run_path / "config.json").read_text())
+        config = RunConfig(**{**saved, **overrides})
+        (run_path / "config.json").write_text(json.dumps({f.name: getattr(config, f.name) for f in fields(config)},
+                                                          indent=2))
+    else:
+        if not data_dirs:
+            raise UsageError("--data is required for a new run")
+        if (run_path / "checkpoint.pt").exists():
+            raise UsageError(f"{run_dir} already holds a run: use --resume, or another --out")
+        model = ModelConfig().to_dict()
+        if init_weights:
+            from vaecodec.train.export import model_from_weights
+            from vaecodec.zoo import read_weights, weights_path
+
+            path = weights_path(init_weights)
+            pretrained = model_from_weights(read_weights(path)[0])
+            model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
+            overrides["init"] = str(path)
+        for key, value in (("channels", channels), ("latent_channels", latent_channels),
+                           ("hyper_channels", hyper_channels)):
+            if value is not None:
+                if init_weights:
+                    raise UsageError("--init fixes the model width; drop --channels/--latent-channels")
+                model[key] = value
+        config = RunConfig(data=[str(Path(d).resolve()) for d in data_dirs], model=model, **overrides)
+
+    trainer = Trainer(run_path, config, device=str(resolve_device(device)), resume=resume, init_state=init_state)
+    click.echo(f"run {run_dir}: step {trainer.step} of {config.steps}, {torch.get_num_threads()} threads, "
+               f"device {trainer.device}", err=True)
+
+    def describe(stats):
+        if not stats:
+            return ""
+        return f"step {stats['step']} loss {stats['loss']:.3f} bpp {stats['bpp']:.3f} PSNR {stats['psnr']:.2f}"
+
+    with click.progressbar(length=config.steps - trainer.step, label="training", show_eta=True,
+                           item_show_func=describe, file=click.get_text_stream("stderr")) as bar:
+        def progress(stats):
+            bar.update(1, stats)
+
+        trainer.run(progress)
+    click.echo(f"stopped at step {trainer.step}; checkpoint in {run_path / 'checkpoint.pt'}", err=True)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Weights file to write, e.g. pretrained/mshp-n64.pt")
+@click.option("--name", default=None, help="Model name stored in .vae headers (default: the file stem).")
+@click.option("--fp32", is_flag=True, help="Store the transforms in float32 instead of float16.")
+@click.option("--verify-images", type=int, default=4, help="Held-out images checked after export.")
+def export(run_dir, output, name, fp32, verify_images):
+    """Freeze a run into shipped weights (no optimizer state) and verify them.
+
+    \b
+    Example:
+      vaecodec export runs/new -o pretrained/mshp-n64.pt
+    """
+    from vaecodec.train.export import export_run
+
+    if not (Path(run_dir) / "checkpoint.pt").exists():
+        raise UsageError(f"{run_dir} has no checkpoint.pt")
+    report = export_run(run_dir, output, name=name, fp16=not fp32, verify_images=verify_images)
+    click.echo(json.dumps(report, indent=2))
+    if not report["symbols_identical"] or report["max_overhead"] > 0.01:
+        raise UsageError("verification failed: see the report above")

@@ -1,0 +1,212 @@
+"""The codec core with the shipped default model: round trips, rate, determinism, image policy."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaecodec
+from vaecodec import container
+from vaecodec.errors import InvalidFile, ModelMismatch, UnsupportedImage, UsageError
+from vaecodec.latents import Latents
+
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
+
+
+@pytest.fixture(scope="module")
+def codec():
+    torch.set_num_threads(2)
+    return vaecodec.load("default", device="cpu")
+
+
+def kodak(index: int) -> Image.Image:
+    return Image.open(KODAK / f"kodim{index:02d}.png").convert("RGB")
+
+
+def crop(index: int, width: int = 192, height: int = 128) -> Image.Image:
+    return kodak(index).crop((100, 100, 100 + width, 100 + height))
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
+    return 10 * np.log10(255**2 / mse)
+
+
+def test_round_trip_keeps_size_and_quality_orders_rate_and_psnr(codec):
+    image = crop(23)
+    sizes, psnrs = [], []
+    for quality in (1, 4, 8):
+        data = codec.compress(image, quality)
+        decoded = codec.decompress(data)
+        assert decoded.size == image.size and decoded.mode == "RGB"
+        sizes.append(len(data))
+        psnrs.append(psnr(image, decoded))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert psnrs == sorted(psnrs) and psnrs[-1] > 25
+
+
+def test_file_size_is_within_one_percent_of_the_model_estimate(codec):
+    image = kodak(23)
+    for quality in (1, 4, 8):
+        latents = codec.encode_latents(image, quality)
+        data = codec.latents_to_bytes(latents)
+        estimated_bytes = codec.estimated_bits(latents) / 8
+        assert 0.99 * estimated_bytes < len(data) < 1.01 * estimated_bytes
+
+
+def test_header_overhead_is_at_most_32_bytes(codec):
+    data = codec.compress(crop(5), 4)
+    _, payload = container.unpack(data)
+    assert len(data) - len(payload) <= 32
+
+
+def test_latents_round_trip_through_bytes_and_decode_like_the_file(codec):
+    image = crop(7)
+    latents = codec.encode_latents(image, 2.75)
+    received = Latents.from_bytes(latents.to_bytes())
+    assert received == latents and received.quality == 2.75
+    assert codec.bytes_to_latents(codec.latents_to_bytes(latents)) == latents
+    from_latents = np.asarray(codec.decode_latents(received))
+    from_file = np.asarray(codec.decompress(codec.compress(image, 2.75)))
+    assert np.array_equal(from_latents, from_file)
+
+
+def test_any_symbol_value_is_encodable(codec):
+    latents = codec.encode_latents(crop(3, 64, 64), 4)
+    latents.y_symbols[0, 0, :3] = [32767, -32768, 1234]
+    latents.z_symbols[0, 0, 0] = -32768
+    assert codec.bytes_to_latents(codec.latents_to_bytes(latents)) == latents
+
+
+def _scale_indexes(codec, latents):
+    _, scale_index = codec.hyper_synthesis.run(torch.from_numpy(latents.z_symbols.astype(np.int64))[None])
+    return scale_index.numpy()
+
+
+def test_bitstream_is_identical_across_threads_and_batches(codec):
+    images = [crop(i, 256, 192) for i in range(1, 9)]
+    alone = [codec.compress(image, 4) for image in images]
+    alone_scales = _scale_indexes(codec, codec.encode_latents(images[0], 4))
+    torch.set_num_threads(1)
+    try:
+        one_thread = codec.compress(images[0], 4)
+        one_thread_scales = _scale_indexes(codec, codec.encode_latents(images[0], 4))
+    finally:
+        torch.set_num_threads(2)
+    batched = codec.compress_batch(images, 4, batch_size=8)
+    batched_scales = _scale_indexes(codec, codec.bytes_to_latents(batched[0]))
+    assert one_thread == alone[0]
+    assert batched == alone
+    assert np.array_equal(one_thread_scales, alone_scales) and np.array_equal(batched_scales, alone_scales)
+    decoded_alone = np.asarray(codec.decompress(alone[3]))
+    decoded_batched = np.asarray(codec.decompress_batch(batched, batch_size=8)[3])
+    assert np.array_equal(decoded_alone, decoded_batched)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: none on this machine")
+def test_cuda_encoded_file_decodes_on_cpu_to_the_same_symbols(codec):
+    gpu = vaecodec.load("default", device="cuda")
+    images = [crop(i, 256, 192) for i in range(1, 5)]
+    for image in images:
+        gpu_latents = gpu.encode_latents(image, 4)
+        data = gpu.latents_to_bytes(gpu_latents)
+        assert codec.bytes_to_latents(data) == gpu_latents
+        assert gpu.bytes_to_latents(data) == gpu_latents
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 200), (65, 33), (300, 7)])
+def test_any_size_round_trips(codec, size):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    assert codec.decompress(codec.compress(image, 4)).size == size
+
+
+def test_grayscale_comes_back_grayscale(codec):
+    gray = crop(8).convert("L")
+    decoded = codec.decompress(codec.compress(gray, 6))
+    assert decoded.mode == "L" and decoded.size == gray.size and psnr(gray, decoded) > 20
+
+
+def test_opaque_alpha_and_palette_and_cmyk_are_coded_as_rgb(codec):
+    rgb = crop(9, 64, 64)
+    rgba = rgb.copy()
+    rgba.putalpha(255)
+    for image in (rgba, rgb.convert("P"), rgb.convert("CMYK")):
+        assert codec.decompress(codec.compress(image, 4)).mode == "RGB"
+
+
+def test_transparency_and_16_bit_are_refused(codec):
+    rgba = crop(9, 64, 64)
+    rgba.putalpha(128)
+    with pytest.raises(UnsupportedImage, match="transparent"):
+        codec.compress(rgba, 4)
+    with pytest.raises(UnsupportedImage, match="16-bit"):
+        codec.compress(Image.new("I;16", (32, 32)), 4)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = crop(10, 96, 64)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif.tobytes())
+    assert vaecodec.open_image(path).size == (64, 96)
+
+
+def test_bad_quality_and_unreadable_input_raise_clear_errors(codec, tmp_path):
+    with pytest.raises(UsageError):
+        codec.compress(crop(1, 16, 16), 8.5)
+    with pytest.raises(UsageError):
+        codec.compress(crop(1, 16, 16), 2.1)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UnsupportedImage, match="cannot read"):
+        codec.compress(bad, 4)
+
+
+def test_corrupt_files_raise_invalid_file(codec):
+    data = codec.compress(crop(11, 64, 64), 4)
+    for cut in range(len(data)):
+        with pytest.raises(InvalidFile):
+            codec.decompress(data[:cut])
+    for bit in range(0, 8 * len(data), 7):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(InvalidFile):
+            codec.decompress(bytes(flipped))
+
+
+def test_payload_garbage_with_a_valid_crc_never_crashes(codec):
+    header, payload = container.unpack(codec.compress(crop(12, 64, 64), 4))
+    rng = np.random.default_rng(1)
+    for length in (0, 4, 8, len(payload), 4 * len(payload)):
+        forged = container.pack(header, rng.integers(0, 256, length, dtype=np.uint8).tobytes())
+        try:
+            image = codec.decompress(forged)
+        except InvalidFile:
+            continue
+        assert image.size == (64, 64)
+
+
+def test_other_model_and_newer_version_are_distinguished(codec):
+    header, payload = container.unpack(codec.compress(crop(13, 64, 64), 4))
+    other = container.ImageHeader("mshp-n64", b"\0\0\0\0", *[getattr(header, f) for f in
+                                                              ("quality_index", "mode", "width", "height")])
+    with pytest.raises(ModelMismatch):
+        codec.decompress(container.pack(other, payload))
+    newer = bytearray(container.pack(header, payload)[:-4])
+    newer[3] = container.FORMAT_VERSION + 1
+    import struct
+    import zlib
+
+    newer += struct.pack("<I", zlib.crc32(bytes(newer)))
+    with pytest.raises(container.UnsupportedVersion):
+        codec.decompress(bytes(newer))
+
+
+def test_decoded_image_saves_as_png(codec):
+    buffer = io.BytesIO()
+    codec.decompress(codec.compress(crop(14, 32, 32), 4)).save(buffer, "PNG")
+    assert buffer.tell() > 0
