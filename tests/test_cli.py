@@ -347,13 +347,13 @@ def test_ctrl_c_exits_130_quietly(small_png, monkeypatch):
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="needs `pip install -e .` for the vaecodec script")
-@pytest.mark.parametrize("command, content, exit_code", [
-    ("decompress", with_crc(b"VAE\x01" + b"\x00" * 20), InvalidFile.exit_code),
-    ("compress", b"\x89PNG\r\n\x1a\n truncated", UnsupportedImage.exit_code),
+@pytest.mark.parametrize("command, content, output, exit_code", [
+    ("decompress", with_crc(b"VAE\x01" + b"\x00" * 20), "output.png", InvalidFile.exit_code),
+    ("compress", b"\x89PNG\r\n\x1a\n truncated", "output.vae", UnsupportedImage.exit_code),
 ])
-def test_the_installed_script_prints_one_line_not_a_traceback(tmp_path, command, content, exit_code):
+def test_the_installed_script_prints_one_line_not_a_traceback(tmp_path, command, content, output, exit_code):
     (tmp_path / "input").write_bytes(content)
-    done = subprocess.run([SCRIPT, command, tmp_path / "input", "-o", tmp_path / "output.png"],
+    done = subprocess.run([SCRIPT, command, tmp_path / "input", "-o", tmp_path / output],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == exit_code
     assert done.stdout == "" and len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
