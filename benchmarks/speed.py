@@ -1,0 +1,363 @@
+"""Speed and memory benchmark of vaecodec, with classical codecs timed in the same run for ratios.
+
+    python -m benchmarks.speed --data ../shared/datasets/kodak [--quick] [--threads N] [--out benchmarks/results]
+
+1. Latency per image: vaecodec encode and decode at one quality, median of --repeats runs, split into
+   transform time (neural networks) and entropy-coding time as the codec's own `timings` counts them; on one
+   torch thread, and again on --threads threads.
+2. The same latencies for JPEG 4:2:0, WebP and AVIF 4:4:4 (one thread each), each at the quality whose file
+   size on that image is nearest to vaecodec's, so the ratios compare equal rates measured in one run.
+3. Batch throughput (images/s) of compress_batch / decompress_batch for batch sizes 1, 4, 16 on the CPU with
+   --threads threads, and on CUDA when there is a GPU.
+4. Peak resident memory of one encode and one decode of a Kodak image and of a 6000x4000 image, each in a
+   fresh process, next to a process that only loads the model and the image. The peak is the process's own
+   VmHWM from /proc: ru_maxrss of a child is no good here, as Linux carries the parent's high-water mark
+   (this process's, with torch loaded) over fork and exec into it.
+
+Writes speed.json and speed.md to --out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from PIL import Image
+
+from benchmarks.codecs import CODECS, library_versions
+from benchmarks.rd import machine_info
+
+COMPARED_CODECS = ("jpeg-420", "webp", "avif-444")
+QUALITY_RANGE = {"jpeg-420": (1, 95), "webp": (0, 100), "avif-444": (0, 100)}
+BATCH_SIZES = (1, 4, 16)
+QUICK_BATCH_SIZES = (1, 4)
+LARGE_SIZE = (6000, 4000)
+QUICK_LARGE_SIZE = (1500, 1000)
+QUICK_IMAGES = 2
+
+
+# ---- vaecodec latency with its transform / entropy split ----
+
+
+def timed_call(codec, call) -> tuple[object, dict]:
+    """Run call() once: its result and {'total', 'transform', 'entropy'} seconds.
+
+    The split is the difference of the codec's accumulated `timings` (transform = g_a, h_a, g_s;
+    entropy = range coding including the integer hyper-synthesis that gives the coder its scales).
+    """
+    transform_before, entropy_before = codec.timings.transform, codec.timings.entropy
+    start = time.perf_counter()
+    result = call()
+    total = time.perf_counter() - start
+    return result, {
+        "total": total,
+        "transform": codec.timings.transform - transform_before,
+        "entropy": codec.timings.entropy - entropy_before,
+    }
+
+
+def median_seconds(codec, call, repeats: int) -> tuple[object, dict]:
+    """call()'s result and the per-field median of its timings over `repeats` runs (after one warm-up)."""
+    result, _ = timed_call(codec, call)
+    runs = [timed_call(codec, call)[1] for _ in range(repeats)]
+    return result, {field: statistics.median(run[field] for run in runs) for field in runs[0]}
+
+
+def vaecodec_latency(codec, image: Image.Image, quality: float, repeats: int) -> dict:
+    data, encode = median_seconds(codec, lambda: codec.compress(image, quality=quality), repeats)
+    _, decode = median_seconds(codec, lambda: codec.decompress(data), repeats)
+    return {
+        "bpp": 8 * len(data) / (image.width * image.height),
+        "encode_s": encode["total"],
+        "encode_transform_s": encode["transform"],
+        "encode_entropy_s": encode["entropy"],
+        "decode_s": decode["total"],
+        "decode_transform_s": decode["transform"],
+        "decode_entropy_s": decode["entropy"],
+    }
+
+
+# ---- classical codecs at a matching rate ----
+
+
+def quality_nearest_bpp(codec, image: Image.Image, target_bpp: float, low: int, high: int) -> tuple[int, float]:
+    """Bisect the integer quality range for the file whose bpp is nearest target_bpp: (quality, bpp)."""
+    pixels = image.width * image.height
+    tried = {}
+    while low <= high:
+        quality = (low + high) // 2
+        tried[quality] = 8 * len(codec.encode(image, quality)) / pixels
+        if tried[quality] < target_bpp:
+            low = quality + 1
+        else:
+            high = quality - 1
+    return min(tried.items(), key=lambda item: abs(item[1] - target_bpp))
+
+
+def classical_latency(codec, image: Image.Image, quality: int, repeats: int) -> dict:
+    def seconds(call):
+        call()  # warm-up
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    data = codec.encode(image, quality)
+    return {
+        "quality": quality,
+        "bpp": 8 * len(data) / (image.width * image.height),
+        "encode_s": seconds(lambda: codec.encode(image, quality)),
+        "decode_s": seconds(lambda: codec.decode(data)),
+    }
+
+
+# ---- batch throughput ----
+
+
+def batch_throughput(codec, images: list, quality: float, batch_sizes) -> dict:
+    """{batch size: {'encode_images_per_s', 'decode_images_per_s'}} over all `images`, after a warm-up."""
+    codec.decompress_batch(codec.compress_batch(images[:1], quality=quality, batch_size=1), batch_size=1)
+    results = {}
+    for batch_size in batch_sizes:
+        start = time.perf_counter()
+        datas = codec.compress_batch(images, quality=quality, batch_size=batch_size)
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        codec.decompress_batch(datas, batch_size=batch_size)
+        decode_s = time.perf_counter() - start
+        results[batch_size] = {
+            "images": len(images),
+            "encode_images_per_s": len(images) / encode_s,
+            "decode_images_per_s": len(images) / decode_s,
+        }
+    return results
+
+
+# ---- peak memory, one fresh process per case ----
+
+
+def rss_case_main(case: str, source: str, width: int, height: int, vae_path: str, quality: float, threads: int):
+    """Body of one measuring process: load the model and the image, then do `case` (load / encode / decode)."""
+    import torch
+
+    import vaecodec
+
+    torch.set_num_threads(threads)
+    codec = vaecodec.load("default", device="cpu")
+    if case == "decode":
+        codec.decompress(Path(vae_path).read_bytes())
+        return
+    image = Image.open(source).convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    if case == "encode":
+        Path(vae_path).write_bytes(codec.compress(image, quality=quality))
+
+
+def print_peak_rss() -> None:
+    """Print this process's peak resident set size (kB), as the last line, for peak_rss_mib to read."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            print(f"peak_rss_kb {line.split()[1]}")
+
+
+def peak_rss_mib(case: str, source: Path, size: tuple, vae_path: Path, quality: float, threads: int) -> dict:
+    """Run one case in a fresh Python process; its peak resident set size in MiB and wall seconds."""
+    code = ("import sys; from benchmarks.speed import rss_case_main, print_peak_rss; a = sys.argv[1:]; "
+            "rss_case_main(a[0], a[1], int(a[2]), int(a[3]), a[4], float(a[5]), int(a[6])); print_peak_rss()")
+    arguments = [case, source, size[0], size[1], vae_path, quality, threads]
+    command = [sys.executable, "-c", code] + [str(argument) for argument in arguments]
+    start = time.perf_counter()
+    finished = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"peak-memory case {case} {size} failed:\n{finished.stderr[-2000:]}")
+    peak_kb = int(finished.stdout.strip().splitlines()[-1].split()[1])
+    return {"case": case, "size": f"{size[0]}x{size[1]}", "peak_rss_mib": peak_kb / 1024,
+            "wall_s": time.perf_counter() - start}
+
+
+# ---- report ----
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def markdown_report(result: dict) -> str:
+    threads = result["threads"]
+    lines = [
+        "# vaecodec speed and memory",
+        "",
+        f"Run {result['date']} on {result['machine'].get('cpu', '?')} ({result['machine']['cpu_count']} cores), "
+        f"{result['images']} Kodak images, quality {result['quality']}, medians of {result['repeats']} runs "
+        f"after a warm-up. Classical codecs run on one thread.",
+        "",
+        "## Latency per image (mean over images of the per-image medians)",
+        "",
+        "| codec | threads | bpp | encode ms | decode ms | vaecodec / codec, encode | vaecodec / codec, decode |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    vae_one = result["vaecodec_latency"]["summary"]["threads_1"]
+    for label, entry in result["vaecodec_latency"]["summary"].items():
+        lines.append(
+            f"| vaecodec | {entry['threads']} | {entry['bpp']:.3f} | {1000 * entry['encode_s']:.1f} "
+            f"| {1000 * entry['decode_s']:.1f} | | |"
+        )
+    for name, entry in result["classical_latency"].items():
+        summary = entry["summary"]
+        lines.append(
+            f"| {name} | 1 | {summary['bpp']:.3f} | {1000 * summary['encode_s']:.1f} | {1000 * summary['decode_s']:.1f} "
+            f"| {vae_one['encode_s'] / summary['encode_s']:.2f} | {vae_one['decode_s'] / summary['decode_s']:.2f} |"
+        )
+    for name, reason in result["classical_skipped"].items():
+        lines.append(f"| {name} | skipped: {reason} | | | | | |")
+    lines += [
+        "",
+        "Ratios are of mean times, one thread against one thread, at the nearest bpp on each image (the classical "
+        "codec's quality is chosen per image by bisection).",
+        "",
+        "## vaecodec time split (one thread, mean over images)",
+        "",
+        "| | total ms | transform ms | entropy coding ms | other ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for direction in ("encode", "decode"):
+        total = 1000 * vae_one[f"{direction}_s"]
+        transform = 1000 * vae_one[f"{direction}_transform_s"]
+        entropy = 1000 * vae_one[f"{direction}_entropy_s"]
+        lines.append(f"| {direction} | {total:.1f} | {transform:.1f} | {entropy:.1f} | {total - transform - entropy:.1f} |")
+
+    lines += ["", "## vaecodec per image (one thread)", "",
+              "| image | bpp | encode ms | transform | entropy | decode ms | transform | entropy |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in result["vaecodec_latency"]["per_image"]["threads_1"]:
+        lines.append(
+            f"| {row['image']} | {row['bpp']:.3f} | {1000 * row['encode_s']:.1f} | {1000 * row['encode_transform_s']:.1f} "
+            f"| {1000 * row['encode_entropy_s']:.1f} | {1000 * row['decode_s']:.1f} "
+            f"| {1000 * row['decode_transform_s']:.1f} | {1000 * row['decode_entropy_s']:.1f} |"
+        )
+
+    lines += ["", "## Batch throughput (images/s)", "", "| device | threads | batch size | images | encode | decode |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for device, by_batch in result["throughput"].items():
+        if isinstance(by_batch, str):
+            lines.append(f"| {device} | | | | {by_batch} | |")
+            continue
+        for batch_size, entry in by_batch.items():
+            lines.append(
+                f"| {device} | {threads if device == 'cpu' else ''} | {batch_size} | {entry['images']} "
+                f"| {entry['encode_images_per_s']:.2f} | {entry['decode_images_per_s']:.2f} |"
+            )
+
+    lines += ["", f"## Peak resident memory (fresh process per case, {threads} threads)", "",
+              "| image size | case | peak RSS MiB | wall s |", "|---|---|---:|---:|"]
+    for entry in result["peak_rss"]:
+        lines.append(f"| {entry['size']} | {entry['case']} | {entry['peak_rss_mib']:.0f} | {entry['wall_s']:.1f} |")
+    lines += ["", "'load' is the process that only imports, loads the model and the image: the floor under the others.",
+              "", "## Versions", ""]
+    lines += [f"- {name}: {version}" for name, version in result["versions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---- command line ----
+
+
+@click.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default="../shared/datasets/kodak", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default="benchmarks/results",
+              show_default=True)
+@click.option("--quick", is_flag=True, help=f"{QUICK_IMAGES} images, 1 repeat, small batches, a 1500x1000 'large' image.")
+@click.option("--threads", type=click.IntRange(min=1), default=os.cpu_count(), show_default=True,
+              help="torch threads for the multi-threaded latency, throughput and memory runs.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--quality", type=float, default=4.0, show_default=True, help="vaecodec quality for all runs.")
+def main(data_dir, out_dir, quick, threads, repeats, quality):
+    """Latency, throughput and peak memory of vaecodec, with JPEG/WebP/AVIF latencies at equal bpp."""
+    import torch
+
+    import vaecodec
+
+    image_paths = sorted(data_dir.glob("*.png"))
+    if quick:
+        image_paths, repeats = image_paths[:QUICK_IMAGES], 1
+    images = [(path.stem, Image.open(path).convert("RGB")) for path in image_paths]
+    codec = vaecodec.load("default", device="cpu")
+
+    thread_counts = sorted({1, threads})
+    per_image = {f"threads_{n}": [] for n in thread_counts}
+    classical = {name: [] for name in COMPARED_CODECS if CODECS[name].unavailable_reason() is None}
+    skipped = {name: CODECS[name].unavailable_reason() for name in COMPARED_CODECS if name not in classical}
+    with click.progressbar(images, label="latency", item_show_func=lambda item: item and item[0]) as bar:
+        for name, image in bar:
+            for n in thread_counts:
+                torch.set_num_threads(n)
+                per_image[f"threads_{n}"].append({"image": name, **vaecodec_latency(codec, image, quality, repeats)})
+            target_bpp = per_image["threads_1"][-1]["bpp"]
+            for codec_name in classical:
+                matched_quality, _ = quality_nearest_bpp(CODECS[codec_name], image, target_bpp, *QUALITY_RANGE[codec_name])
+                classical[codec_name].append(
+                    {"image": name, **classical_latency(CODECS[codec_name], image, matched_quality, repeats)})
+
+    torch.set_num_threads(threads)
+    landscape = [image for _, image in images if image.width > image.height]
+    batch_images = (landscape * 16)[: 4 if quick else 16]
+    batch_sizes = QUICK_BATCH_SIZES if quick else BATCH_SIZES
+    click.echo("throughput ...")
+    throughput = {"cpu": batch_throughput(codec, batch_images, quality, batch_sizes)}
+    if torch.cuda.is_available():
+        throughput["cuda"] = batch_throughput(vaecodec.load("default", device="cuda"), batch_images, quality, batch_sizes)
+    else:
+        throughput["cuda"] = "no CUDA device"
+
+    click.echo("peak memory ...")
+    peak_rss = []
+    large_size = QUICK_LARGE_SIZE if quick else LARGE_SIZE
+    with tempfile.TemporaryDirectory() as scratch:
+        for size in (images[0][1].size, large_size):
+            vae_path = Path(scratch) / f"{size[0]}x{size[1]}.vae"
+            for case in ("load", "encode", "decode"):
+                peak_rss.append(peak_rss_mib(case, image_paths[0], size, vae_path, quality, threads))
+
+    summaries = {}
+    for label, rows in per_image.items():
+        summaries[label] = {"threads": int(label.split("_")[1]),
+                            **{key: mean(row[key] for row in rows) for key in rows[0] if key != "image"}}
+    result = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "versions": library_versions(),
+        "images": len(images),
+        "quality": quality,
+        "repeats": repeats,
+        "threads": threads,
+        "vaecodec_latency": {"per_image": per_image, "summary": summaries},
+        "classical_latency": {
+            name: {"description": CODECS[name].description, "per_image": rows,
+                   "summary": {key: mean(row[key] for row in rows) for key in ("bpp", "encode_s", "decode_s")}}
+            for name, rows in classical.items()
+        },
+        "classical_skipped": skipped,
+        "throughput": throughput,
+        "peak_rss": peak_rss,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "speed.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "speed.md").write_text(markdown_report(result))
+    click.echo(f"results in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Tests of the benchmark code: the Bjøntegaard metric on hand-checkable curves, the metrics and codec
+wrappers on a small synthetic image, and one --quick run of the RD pipeline end to end."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.bdrate import bd_quality, bd_rate, msssim_to_db
+from benchmarks.codecs import CODECS, PillowCodec, library_versions
+from benchmarks.rd import psnr_rgb8
+from benchmarks.speed import quality_nearest_bpp, timed_call
+
+REPO = Path(__file__).resolve().parent.parent
+KODAK = REPO.parent / "shared" / "datasets" / "kodak"
+
+RATES = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+PSNR = np.array([28.0, 31.0, 33.5, 35.5, 37.0])  # concave, like a real codec's curve
+
+
+# ---- Bjøntegaard ----
+
+
+def test_half_the_rate_at_every_quality_is_minus_50_percent():
+    assert bd_rate(RATES, PSNR, RATES * 0.5, PSNR) == pytest.approx(-50.0, abs=1e-9)
+
+
+def test_double_the_rate_is_plus_100_percent_and_same_curve_is_zero():
+    assert bd_rate(RATES, PSNR, RATES * 2, PSNR) == pytest.approx(100.0, abs=1e-9)
+    assert bd_rate(RATES, PSNR, RATES, PSNR) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_psnr_shift_on_a_log_linear_curve():
+    # 10 dB per doubling of the rate: a curve 10 dB higher reaches each PSNR at half the rate
+    psnr = 30 + 10 * np.log2(RATES / RATES[0])
+    assert bd_rate(RATES, psnr, RATES, psnr + 10) == pytest.approx(-50.0, abs=1e-9)
+    assert bd_quality(RATES, psnr, RATES, psnr + 10) == pytest.approx(10.0, abs=1e-9)
+    # a 1 dB shift: the rate falls by 2 ** (-1/10) at every PSNR
+    assert bd_rate(RATES, psnr, RATES, psnr + 1) == pytest.approx((2 ** -0.1 - 1) * 100, abs=1e-9)
+
+
+def test_point_order_does_not_matter():
+    order = [3, 0, 4, 1, 2]
+    assert bd_rate(RATES[order], PSNR[order], RATES * 0.5, PSNR) == pytest.approx(-50.0, abs=1e-9)
+
+
+def test_curves_that_do_not_overlap_have_no_delta():
+    assert math.isnan(bd_rate(RATES, PSNR, RATES, PSNR + 20))
+    assert math.isnan(bd_quality(RATES, PSNR, RATES * 100, PSNR))
+
+
+def test_three_points_fall_back_to_a_lower_degree():
+    assert bd_rate(RATES[:3], PSNR[:3], RATES[:3] * 0.5, PSNR[:3]) == pytest.approx(-50.0, abs=1e-9)
+    assert math.isnan(bd_rate(RATES[:1], PSNR[:1], RATES[:3], PSNR[:3]))
+
+
+def test_non_finite_points_are_ignored():
+    rates = np.append(RATES, 5.0)
+    psnr = np.append(PSNR, math.inf)  # a lossless point
+    assert bd_rate(rates, psnr, RATES * 0.5, PSNR) == pytest.approx(-50.0, abs=1e-9)
+
+
+def test_msssim_in_decibels():
+    assert msssim_to_db(0.99) == pytest.approx(20.0)
+    assert msssim_to_db([0.9, 0.999]) == pytest.approx([10.0, 30.0])
+
+
+# ---- metrics and codec wrappers ----
+
+
+def test_psnr_of_an_off_by_one_image():
+    original = np.full((8, 8, 3), 100, dtype=np.uint8)
+    assert psnr_rgb8(original, original + 1) == pytest.approx(20 * math.log10(255))
+    assert psnr_rgb8(original, original) == math.inf
+
+
+def synthetic_image(width=96, height=64) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.mark.parametrize("name", [name for name, codec in CODECS.items() if isinstance(codec, PillowCodec)])
+def test_classical_codec_round_trip(name):
+    codec = CODECS[name]
+    if codec.unavailable_reason():
+        pytest.skip(codec.unavailable_reason())
+    image = synthetic_image()
+    sizes = []
+    for setting in (codec.quick_settings[0], codec.quick_settings[-1]):
+        data = codec.encode(image, setting)
+        decoded = codec.decode(data)
+        assert decoded.mode == "RGB" and decoded.size == image.size
+        assert psnr_rgb8(np.asarray(image), np.asarray(decoded)) > 15
+        sizes.append(len(data))
+    assert sizes[0] < sizes[1], "the sweep goes from low to high rate"
+
+
+def test_versions_name_every_library():
+    versions = library_versions()
+    for library in ("Pillow", "libjpeg-turbo", "libwebp", "pillow-heif", "pillow-jxl-plugin", "torch"):
+        assert library in versions
+
+
+def test_quality_search_finds_the_nearest_rate():
+    jpeg = CODECS["jpeg-420"]
+    image = synthetic_image(256, 256)
+    target = 8 * len(jpeg.encode(image, 50)) / (256 * 256)
+    quality, bpp = quality_nearest_bpp(jpeg, image, target, 1, 95)
+    assert bpp == pytest.approx(target, rel=0.02)
+
+
+def test_timed_call_splits_by_the_codecs_timings():
+    codec = SimpleNamespace(timings=SimpleNamespace(transform=1.0, entropy=2.0))
+
+    def work():
+        codec.timings.transform += 0.25
+        codec.timings.entropy += 0.5
+        return "done"
+
+    result, seconds = timed_call(codec, work)
+    assert result == "done"
+    assert seconds["transform"] == pytest.approx(0.25) and seconds["entropy"] == pytest.approx(0.5)
+    assert seconds["total"] >= 0
+
+
+# ---- the pipeline ----
+
+
+def test_quick_rd_run_writes_every_result(tmp_path):
+    pytest.importorskip("pytorch_msssim")
+    pytest.importorskip("matplotlib")
+    if not KODAK.is_dir():
+        pytest.skip(f"{KODAK} not present")
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "benchmarks.rd", "--data", str(KODAK), "--quick", "--workers", "2",
+               "--codecs", "jpeg-420,vaecodec", "--out", str(tmp_path)]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert time.perf_counter() - started < 60
+
+    summary = json.loads((tmp_path / "rd_summary.json").read_text())
+    assert summary["quick"] and summary["images"] == 2
+    assert summary["codecs"]["jpeg-420"]["status"] == "measured"
+    assert summary["codecs"]["vaecodec"]["status"] in ("measured", "skipped")
+    measured = [name for name, codec in summary["codecs"].items() if codec["status"] == "measured"]
+    for name in measured:
+        points = summary["codecs"][name]["points"]
+        assert len(points) == 3 and all(point["images"] == 2 for point in points)
+        assert 0 < points[0]["bpp"] < points[-1]["bpp"]
+    assert "BPG 4:4:4 x265" in summary["published"]
+    assert summary["bd"]["codecs_vs_sanity"]["jpeg-420"]["bd_rate_psnr_percent"] > 0  # JPEG is worse than BPG
+    if "vaecodec" in measured:
+        assert set(summary["bd"]["against"]) >= {"jpeg-420", "VTM intra 4:4:4"}
+
+    with (tmp_path / "rd_per_image.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 2 * 3 * len(measured)
+    assert all(float(row["psnr"]) > 15 and 0 < float(row["msssim"]) <= 1 for row in rows)
+    report = (tmp_path / "rd.md").read_text()
+    assert "BD-rate" in report and "published" in report
+    assert (tmp_path / "rd.png").stat().st_size > 10_000
