@@ -295,6 +295,10 @@ def info(context, files):
 
 
 # --- Commands defined in other modules are registered below (send, receive, train, export). ---
+from .training import export, train  # noqa: E402  (after cli exists)
+
+cli.add_command(train)
+cli.add_command(export)
 
 
 def main():

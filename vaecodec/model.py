@@ -55,8 +55,12 @@ class HyperpriorVAE(nn.Module):
         self.z_prior = FactorizedPrior(h)
         self.y_conditional = GaussianConditional()
         # log-domain gains keep them positive and make geometric interpolation linear
-        self.log_gain = nn.Parameter(torch.zeros(config.levels, m))
-        self.log_inverse_gain = nn.Parameter(torch.zeros(config.levels, m))
+        # Start each level at the quantization step its lambda calls for (step ~ lambda^-1/2), so the levels
+        # differ from the first step instead of after thousands of gain updates.
+        lambdas = torch.tensor(LAMBDAS[:config.levels], dtype=torch.float32)
+        log_step = 0.5 * (lambdas.log() - lambdas.log().mean())
+        self.log_gain = nn.Parameter(log_step[:, None].repeat(1, m))
+        self.log_inverse_gain = nn.Parameter(-log_step[:, None].repeat(1, m))
 
     def gains(self, level: torch.Tensor):
         """Gain and inverse gain for (possibly fractional) zero-based levels, shape (B,) -> (B, M, 1, 1)."""
