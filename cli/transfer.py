@@ -1,0 +1,297 @@
+"""The ``send`` and ``receive`` commands: compressed images over TCP, framed by ``vaecodec.stream``.
+
+    vaecodec receive --listen 0.0.0.0:9000 --out received/
+    vaecodec send photos/ kodim23.png --to receiver-host:9000 -q 4
+
+``send`` compresses each image (.vae files and latents go unchanged), sends everything over one connection,
+waits for each acknowledgement and exits non-zero unless every file was delivered. ``receive`` serves several
+senders at once (a thread each), decodes each message to PNG (``--keep-vae``: keeps the received file too,
+``--no-decode``: keeps only that) and writes it atomically under a sanitized name that never overwrites a
+file, then acknowledges it.
+"""
+
+import os
+import socket
+import tempfile
+import threading
+from pathlib import Path
+
+import click
+
+from vaecodec import container
+from vaecodec.errors import ModelNotFound, UsageError, VaecodecError
+from vaecodec.stream import DEFAULT_MAX_MESSAGE_SIZE, InvalidMessage, MessageType, Receiver, Sender, StreamError
+
+SENDABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif",
+                     ".vae", ".latents"}
+COMPRESSED_SUFFIXES = {MessageType.IMAGE: ".vae", MessageType.LATENTS: ".latents"}
+MAX_STEM_BYTES = 200  # leaves room for "-123.latents" within the usual 255-byte file name limit
+
+
+class Address(click.ParamType):
+    """HOST:PORT (IPv6 hosts in brackets) -> (host, port)."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or int(port) > 65535:
+            self.fail(f"expected HOST:PORT, got {value!r}", param, ctx)
+        return host, int(port)
+
+
+def _size(count: int) -> str:
+    return f"{count / 1000:.1f} kB" if count < 10**6 else f"{count / 10**6:.2f} MB"
+
+
+def _fail(error: VaecodecError):
+    click.echo(f"error: {error}", err=True)
+    raise SystemExit(error.exit_code)
+
+
+def _load_codec(model: str, device: str):
+    import vaecodec  # deferred: a receiver with --no-decode, or a sender of .vae files, needs no model
+
+    return vaecodec.load(name=model, device=device)
+
+
+def _check_quality(ctx, param, value):
+    try:
+        container.quality_to_index(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
+def expand_inputs(paths) -> list:
+    """Files as given; directories contribute their image, .vae and latents files, sorted."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir()
+                            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SENDABLE_SUFFIXES)
+        else:
+            files.append(path)
+    return files
+
+
+# -- send -------------------------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--to", "address", required=True, type=Address(), help="The receiver, as HOST:PORT.")
+@click.option("-q", "--quality", default=4.0, show_default=True, callback=_check_quality,
+              help="Quality for images (1 to 8 in steps of 0.25); .vae files and latents go unchanged.")
+@click.option("--model", default="default", show_default=True, help="Model that compresses the images.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--timeout", default=300.0, show_default=True,
+              help="Seconds to wait for the connection and for each acknowledgement.")
+def send(inputs, address, quality, model, device, timeout):
+    """Send images (or directories of them) to a `vaecodec receive` over TCP."""
+    files = expand_inputs(inputs)
+    if not files:
+        _fail(UsageError(f"no images in {', '.join(map(str, inputs))}"))
+    host, port = address
+    try:
+        connection = socket.create_connection(address, timeout=timeout)
+    except OSError as error:
+        _fail(StreamError(f"cannot connect to {host}:{port}: {error.strerror or error}"))
+    failures = []
+    with connection:
+        sender = Sender(connection, model=model, device=device, reply_timeout=timeout)
+        for index, path in enumerate(files):
+            try:
+                delivery = sender.send(path, quality)
+            except VaecodecError as error:
+                failures.append(error)
+                click.echo(f"error: {path}: {error}", err=True)
+                if isinstance(error, ModelNotFound) or (isinstance(error, StreamError) and not error.resumable):
+                    failures += [None] * (len(files) - index - 1)
+                    click.echo(f"error: {len(files) - index - 1} more files not sent", err=True)
+                    break
+                continue
+            click.echo(f"delivered {path} ({_size(delivery.size)}) -> {delivery.stored_as}")
+    delivered = len(files) - len(failures)
+    click.echo(f"delivered {delivered} of {len(files)} files to {host}:{port}")
+    if failures:
+        raise SystemExit(failures[0].exit_code)
+
+
+# -- receive ----------------------------------------------------------------------------------------------------
+
+class ReceiveServer:
+    """Accepts senders on a TCP address and stores what they send in ``out_dir``, one thread per connection.
+
+    ``codec``: decode each message to PNG; None stores the .vae files and latents as received. Files appear
+    atomically (temp file, then os.replace) under a free name: this server never overwrites a file.
+    """
+
+    def __init__(self, address, out_dir, codec=None, *, keep_compressed: bool = False,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, idle_timeout: float = 60.0, log=None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.codec, self.keep_compressed = codec, keep_compressed
+        self.max_message_size, self.idle_timeout = max_message_size, idle_timeout
+        self._log = log or (lambda line, error: click.echo(line, err=error))
+        self._listener = socket.create_server(address)
+        self.address = self._listener.getsockname()[:2]
+        self.stored, self.failed = 0, 0
+        self._lock = threading.Lock()  # counters, log lines, active connections, choosing names
+        self._codec_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._connections = set()
+
+    def serve(self, max_connections: int = None, max_messages: int = None):
+        """Serve until ``stop()``, until ``max_connections`` connections have ended or ``max_messages`` (good or
+        bad) were handled."""
+        self._listener.settimeout(0.2)  # to notice stop() between accepts
+        threads = []
+        try:
+            while not self._stopping.is_set() and (max_connections is None or len(threads) < max_connections):
+                try:
+                    connection, peer = self._listener.accept()
+                except TimeoutError:
+                    continue
+                thread = threading.Thread(target=self._serve_connection, args=(connection, peer, max_messages),
+                                          daemon=True)
+                thread.start()
+                threads.append(thread)
+            while not self._stopping.is_set() and any(thread.is_alive() for thread in threads):
+                self._stopping.wait(0.2)
+        finally:
+            self.stop()
+            self._listener.close()
+            for thread in threads:
+                thread.join(timeout=5)
+
+    def stop(self):
+        """Stop accepting and cut the connections still open (their unfinished messages are not stored)."""
+        self._stopping.set()
+        with self._lock:
+            for connection in self._connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve_connection(self, connection, peer, max_messages):
+        source = f"{peer[0]}:{peer[1]}"
+        with self._lock:
+            self._connections.add(connection)
+        try:
+            with connection:
+                receiver = Receiver(connection, self.codec, max_message_size=self.max_message_size,
+                                    idle_timeout=self.idle_timeout)
+                while not self._stopping.is_set():
+                    try:
+                        message = receiver.receive()
+                        if message is None:
+                            break
+                    except VaecodecError as error:
+                        self._count(f"error from {source}: {error}", failed=True, max_messages=max_messages)
+                        if getattr(error, "resumable", False):
+                            continue
+                        break
+                    try:
+                        stored_as = self.store(message)
+                    except (VaecodecError, OSError) as error:
+                        reason = str(error) if isinstance(error, VaecodecError) else f"cannot write: {error}"
+                        receiver.reject(message, reason)
+                        self._count(f"error from {source}: message {message.number} ({message.name!r}): {reason}",
+                                    failed=True, max_messages=max_messages)
+                        continue
+                    receiver.acknowledge(message, stored_as)
+                    self._count(f"stored {stored_as} ({_size(len(message.data))}) from {source}",
+                                failed=False, max_messages=max_messages)
+        except Exception as error:  # a bug: say so in one line, and keep serving the other senders
+            self._count(f"internal error with {source}: {error!r}", failed=True, max_messages=max_messages)
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+
+    def _count(self, line: str, failed: bool, max_messages: int):
+        with self._lock:
+            self.failed += failed
+            self.stored += not failed
+            self._log(line, failed)
+            if max_messages is not None and self.stored + self.failed >= max_messages:
+                self._stopping.set()
+
+    def store(self, message) -> str:
+        """Write one message's outputs atomically; returns the file name of the first (the image)."""
+        if message.kind not in COMPRESSED_SUFFIXES:
+            raise InvalidMessage(f"this receiver stores compressed images and latents, not {message.kind.name}")
+        outputs = []  # (suffix, function writing the content to a binary file)
+        if self.codec is not None:
+            with self._codec_lock:  # one decode at a time: the codec is not documented as thread-safe
+                image = message.decode(self.codec)
+            outputs.append((".png", lambda file: image.save(file, format="PNG")))
+        if self.codec is None or self.keep_compressed:
+            outputs.append((COMPRESSED_SUFFIXES[message.kind], lambda file: file.write(message.data)))
+        stem = Path(message.name).stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore") or "image"
+        temporaries = []
+        try:
+            for _, write in outputs:
+                descriptor, temporary = tempfile.mkstemp(dir=self.out_dir, prefix=".receiving-", suffix=".part")
+                temporaries.append(temporary)
+                with os.fdopen(descriptor, "wb") as file:
+                    write(file)
+            with self._lock:  # choosing a free name and taking it must not interleave with another thread
+                stem = self._free_stem(stem, [suffix for suffix, _ in outputs])
+                for temporary, (suffix, _) in zip(temporaries, outputs):
+                    os.replace(temporary, self.out_dir / f"{stem}{suffix}")
+        finally:
+            for temporary in temporaries:
+                if os.path.lexists(temporary):
+                    os.unlink(temporary)
+        return f"{stem}{outputs[0][0]}"
+
+    def _free_stem(self, stem: str, suffixes: list) -> str:
+        candidate, number = stem, 0
+        while any(os.path.lexists(self.out_dir / f"{candidate}{suffix}") for suffix in suffixes):
+            number += 1
+            candidate = f"{stem}-{number}"
+        return candidate
+
+
+@click.command()
+@click.option("--listen", "address", required=True, type=Address(),
+              help="Address to listen on, as HOST:PORT (port 0 picks a free one).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the received images (created if missing).")
+@click.option("--keep-vae", is_flag=True, help="Also keep each received .vae file (or latents) beside the PNG.")
+@click.option("--no-decode", is_flag=True, help="Keep only the received .vae files and latents; loads no model.")
+@click.option("--model", default="default", show_default=True, help="Model that decodes the images.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--max-size", default=DEFAULT_MAX_MESSAGE_SIZE >> 20, show_default=True,
+              help="Largest message accepted, in MiB.")
+@click.option("--idle-timeout", default=60.0, show_default=True,
+              help="Seconds a connection may stay silent before it is closed.")
+@click.option("--once", is_flag=True, help="Exit when the first connection ends.")
+@click.option("--max-messages", type=click.IntRange(min=1), help="Exit after this many messages, good or bad.")
+def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, idle_timeout, once, max_messages):
+    """Receive images from `vaecodec send` and store them in a directory.
+
+    Exits non-zero when any message could not be stored.
+    """
+    try:
+        codec = None if no_decode else _load_codec(model, device)
+        server = ReceiveServer(address, out_dir, codec, keep_compressed=keep_vae, max_message_size=max_size << 20,
+                               idle_timeout=idle_timeout)
+    except VaecodecError as error:
+        _fail(error)
+    except OSError as error:
+        _fail(StreamError(f"cannot listen on {address[0]}:{address[1]} or write to {out_dir}: "
+                          f"{error.strerror or error}"))
+    host, port = server.address
+    click.echo(f"listening on {host}:{port}, storing in {out_dir}")
+    try:
+        server.serve(max_connections=1 if once else None, max_messages=max_messages)
+    except KeyboardInterrupt:
+        server.stop()
+    click.echo(f"stored {server.stored} messages, {server.failed} failed")
+    if server.failed:
+        raise SystemExit(StreamError.exit_code)
