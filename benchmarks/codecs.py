@@ -86,6 +86,11 @@ class VaeCodec:
             return f"vaecodec.load({self.model!r}) failed: {type(error).__name__}: {error}"
         return None
 
+    def model_identity(self) -> str:
+        """Which weights produced the numbers: the model name and hash written into every .vae file."""
+        codec = self.loaded()
+        return f"{codec.model_name} (hash {codec.model_hash.hex()})"
+
     def encode(self, image: Image.Image, setting) -> bytes:
         return self.loaded().compress(image, quality=setting)
 

@@ -271,10 +271,13 @@ def build_summary(rows, skipped, errors, published, published_missing, run_info)
     if SANITY_ANCHOR in published:
         for name, columns in measured.items():
             bd["codecs_vs_sanity"][name] = bd_table(columns, {SANITY_ANCHOR: published[SANITY_ANCHOR]})[SANITY_ANCHOR]
+    versions = library_versions()
+    if REFERENCE_CODEC in measured:
+        versions["vaecodec model"] = CODECS[REFERENCE_CODEC].model_identity()
     return {
         **run_info,
         "machine": machine_info(),
-        "versions": library_versions(),
+        "versions": versions,
         "codecs": codecs,
         "published": published,
         "published_missing": published_missing,

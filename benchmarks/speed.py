@@ -338,7 +338,7 @@ def main(data_dir, out_dir, quick, threads, repeats, quality):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
-        "versions": library_versions(),
+        "versions": {**library_versions(), "vaecodec model": f"{codec.model_name} (hash {codec.model_hash.hex()})"},
         "images": len(images),
         "quality": quality,
         "repeats": repeats,
