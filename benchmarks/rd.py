@@ -119,7 +119,7 @@ def msssim_rgb8(original: np.ndarray, decoded: np.ndarray) -> float:
 
 
 def run_benchmark(
-    image_paths: list[Path], codec_names: list[str], quick: bool, workers: int, progress_label: str = "RD"
+    image_paths: list[Path], codec_names: list[str], quick: bool, workers: int
 ) -> tuple[list[dict], dict[str, str], dict[str, list[str]]]:
     """Measure every available codec on every image: (rows, skipped {codec: reason}, errors {codec: [text]})."""
     skipped = {}
@@ -136,7 +136,7 @@ def run_benchmark(
     tasks.sort(key=lambda task: task[1] not in ("vaecodec", "heic-444", "avif-444"))
 
     rows, errors = [], {}
-    with click.progressbar(length=len(tasks), label=progress_label, show_pos=True, item_show_func=str) as bar:
+    with click.progressbar(length=len(tasks), label="images x codecs", show_pos=True, item_show_func=str) as bar:
         if workers <= 1:
             set_up_worker()
             results = map(measure_image_with_codec, tasks)
@@ -161,7 +161,7 @@ def _collect(results, bar, rows: list, errors: dict) -> None:
 
 
 def mean_curves(rows: list[dict]) -> dict[str, list[dict]]:
-    """Per codec, per setting (in sweep order) the means over images."""
+    """Per codec, per setting (in increasing order) the means over the images."""
     by_point: dict[tuple, list[dict]] = {}
     for row in rows:
         by_point.setdefault((row["codec"], row["setting"]), []).append(row)
@@ -262,7 +262,8 @@ def build_summary(rows, skipped, errors, published, published_missing, run_info)
             entry.update(status="measured", points=curves.get(name, []))
         codecs[name] = entry
 
-    measured = {name: as_columns(points) for name, points in curves.items()}
+    # BD-rates only from complete curves: a codec that failed on some image has means over fewer images
+    measured = {name: as_columns(points) for name, points in curves.items() if name not in errors}
     references = {name: columns for name, columns in measured.items() if name != REFERENCE_CODEC}
     references.update(published)
     bd = {"reference_codec": REFERENCE_CODEC, "against": {}, "sanity_against": SANITY_ANCHOR, "codecs_vs_sanity": {}}
