@@ -12,7 +12,7 @@ $(BIN)/vaecodec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,bench]"
 	touch $@
 
 install: $(BIN)/vaecodec
@@ -24,9 +24,9 @@ demo: install
 	$(BIN)/python -m vaecodec_cli.demo "$(IMAGE)"
 
 bench: install
-	$(BIN)/pip install -q -e ".[test,bench]"
 	$(BIN)/python -m benchmarks.rd --data ../shared/datasets/kodak
-	$(BIN)/python -m benchmarks.speed
+	$(BIN)/python -m benchmarks.speed --data ../shared/datasets/kodak
+	$(BIN)/python -m benchmarks.readme
 
 clean:
 	rm -rf $(VENV) build *.egg-info

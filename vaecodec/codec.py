@@ -6,8 +6,10 @@ frozen frequency tables (``entropy/``). Batches are formed from images of the sa
 codes to the same bytes alone or in a batch.
 """
 
+import collections
 import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import constriction
@@ -93,6 +95,8 @@ class Codec:
     @torch.inference_mode()
     def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor):
         """Padded images (B, 3, H, W) -> z symbols, y symbols (int64, on CPU)."""
+        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with queued GPU work
+            x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         y = self.g_a(x) * self.gain[quality_index][:, :, None, None]
         z = self.h_a(y)
@@ -214,14 +218,22 @@ class Codec:
         """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources)."""
         return self.decode_latents(self.bytes_to_latents(data))
 
-    def iter_compress(self, images, quality: float = 4.0, batch_size: int = 8):
-        """Yield .vae bytes for each image, in order; images are read lazily, ``batch_size`` at a time."""
-        for latents in self._iter_latents(images, quality, batch_size):
-            yield self.latents_to_bytes(latents)
+    def iter_compress(self, images, quality: float = 4.0, batch_size: int = 8, workers: int = 2):
+        """Yield .vae bytes for each image, in order.
 
-    def iter_decompress(self, datas, batch_size: int = 8):
-        """Yield images for each .vae file's bytes, in order."""
-        return self.iter_decode_latents((self.bytes_to_latents(d) for d in datas), batch_size)
+        Images are read lazily, ``batch_size`` at a time; ``workers`` threads entropy-code finished latents
+        while the transforms run on the next batch.
+        """
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            yield from _in_order(pool, self.latents_to_bytes, self._iter_latents(images, quality, batch_size),
+                                 ahead=2 * batch_size)
+
+    def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2):
+        """Yield images for each .vae file's bytes, in order; parsing and entropy decoding run ahead in
+        ``workers`` threads while the synthesis transform decodes batches."""
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            latents = _in_order(pool, self.bytes_to_latents, datas, ahead=2 * batch_size)
+            yield from self.iter_decode_latents(latents, batch_size)
 
     def compress_batch(self, images, quality: float = 4.0, batch_size: int = 8) -> list:
         return list(self.iter_compress(images, quality, batch_size))
@@ -235,6 +247,17 @@ class Codec:
         z_bits = self.z_tables.estimated_bits(latents.z_symbols, self._z_table_index(latents.z_symbols.shape))
         y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index[0].cpu().numpy())
         return z_bits + y_bits
+
+
+def _in_order(pool, function, items, ahead: int):
+    """map(function, items) on a thread pool, at most ``ahead`` items in flight, results in input order."""
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _group_by(items, key) -> dict:
