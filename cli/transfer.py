@@ -11,8 +11,8 @@ file, then acknowledges it.
 """
 
 import os
+import secrets
 import socket
-import tempfile
 import threading
 from pathlib import Path
 
@@ -26,6 +26,7 @@ SENDABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", 
                      ".vae", ".latents"}
 COMPRESSED_SUFFIXES = {MessageType.IMAGE: ".vae", MessageType.LATENTS: ".latents"}
 MAX_STEM_BYTES = 200  # leaves room for "-123.latents" within the usual 255-byte file name limit
+DEFAULT_MAX_MEGAPIXELS = 50  # decoding is refused above: a tiny hostile .vae can announce 65536 x 4096 pixels
 
 
 class Address(click.ParamType):
@@ -99,25 +100,25 @@ def send(inputs, address, quality, model, device, timeout):
         connection = socket.create_connection(address, timeout=timeout)
     except OSError as error:
         _fail(StreamError(f"cannot connect to {host}:{port}: {error.strerror or error}"))
-    failures = []
+    delivered, first_error = 0, None
     with connection:
         sender = Sender(connection, model=model, device=device, reply_timeout=timeout)
         for index, path in enumerate(files):
             try:
                 delivery = sender.send(path, quality)
             except VaecodecError as error:
-                failures.append(error)
-                click.echo(f"error: {path}: {error}", err=True)
+                first_error = first_error or error
+                message = str(error) if path.name in str(error) else f"{path}: {error}"
+                click.echo(f"error: {message}", err=True)
                 if isinstance(error, ModelNotFound) or (isinstance(error, StreamError) and not error.resumable):
-                    failures += [None] * (len(files) - index - 1)
                     click.echo(f"error: {len(files) - index - 1} more files not sent", err=True)
                     break
                 continue
+            delivered += 1
             click.echo(f"delivered {path} ({_size(delivery.size)}) -> {delivery.stored_as}")
-    delivered = len(files) - len(failures)
     click.echo(f"delivered {delivered} of {len(files)} files to {host}:{port}")
-    if failures:
-        raise SystemExit(failures[0].exit_code)
+    if first_error is not None:
+        raise SystemExit(first_error.exit_code)
 
 
 # -- receive ----------------------------------------------------------------------------------------------------
@@ -130,10 +131,11 @@ class ReceiveServer:
     """
 
     def __init__(self, address, out_dir, codec=None, *, keep_compressed: bool = False,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, idle_timeout: float = 60.0, log=None):
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_pixels: int = DEFAULT_MAX_MEGAPIXELS * 10**6,
+                 idle_timeout: float = 60.0, log=None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.codec, self.keep_compressed = codec, keep_compressed
+        self.codec, self.keep_compressed, self.max_pixels = codec, keep_compressed, max_pixels
         self.max_message_size, self.idle_timeout = max_message_size, idle_timeout
         self._log = log or (lambda line, error: click.echo(line, err=error))
         self._listener = socket.create_server(address)
@@ -226,6 +228,9 @@ class ReceiveServer:
             raise InvalidMessage(f"this receiver stores compressed images and latents, not {message.kind.name}")
         outputs = []  # (suffix, function writing the content to a binary file)
         if self.codec is not None:
+            width, height = message.header.width, message.header.height
+            if width * height > self.max_pixels:
+                raise InvalidMessage(f"{width}x{height} pixels is over this receiver's limit of {self.max_pixels}")
             with self._codec_lock:  # one decode at a time: the codec is not documented as thread-safe
                 image = message.decode(self.codec)
             outputs.append((".png", lambda file: image.save(file, format="PNG")))
@@ -235,7 +240,9 @@ class ReceiveServer:
         temporaries = []
         try:
             for _, write in outputs:
-                descriptor, temporary = tempfile.mkstemp(dir=self.out_dir, prefix=".receiving-", suffix=".part")
+                temporary = self.out_dir / f".receiving-{secrets.token_hex(8)}.part"
+                # os.open rather than mkstemp: mode 0o666 lets the umask decide, as for any new file
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 temporaries.append(temporary)
                 with os.fdopen(descriptor, "wb") as file:
                     write(file)
@@ -266,13 +273,16 @@ class ReceiveServer:
 @click.option("--no-decode", is_flag=True, help="Keep only the received .vae files and latents; loads no model.")
 @click.option("--model", default="default", show_default=True, help="Model that decodes the images.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--max-size", default=DEFAULT_MAX_MESSAGE_SIZE >> 20, show_default=True,
+@click.option("--max-size", type=click.IntRange(min=1), default=DEFAULT_MAX_MESSAGE_SIZE >> 20, show_default=True,
               help="Largest message accepted, in MiB.")
+@click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_MEGAPIXELS,
+              show_default=True, help="Largest image decoded, in millions of pixels.")
 @click.option("--idle-timeout", default=60.0, show_default=True,
               help="Seconds a connection may stay silent before it is closed.")
 @click.option("--once", is_flag=True, help="Exit when the first connection ends.")
 @click.option("--max-messages", type=click.IntRange(min=1), help="Exit after this many messages, good or bad.")
-def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, idle_timeout, once, max_messages):
+def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, max_megapixels, idle_timeout, once,
+            max_messages):
     """Receive images from `vaecodec send` and store them in a directory.
 
     Exits non-zero when any message could not be stored.
@@ -280,12 +290,12 @@ def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, idle
     try:
         codec = None if no_decode else _load_codec(model, device)
         server = ReceiveServer(address, out_dir, codec, keep_compressed=keep_vae, max_message_size=max_size << 20,
-                               idle_timeout=idle_timeout)
+                               max_pixels=int(max_megapixels * 10**6), idle_timeout=idle_timeout)
     except VaecodecError as error:
         _fail(error)
-    except OSError as error:
-        _fail(StreamError(f"cannot listen on {address[0]}:{address[1]} or write to {out_dir}: "
-                          f"{error.strerror or error}"))
+    except OSError as error:  # mkdir names its path; bind does not
+        where = f"create {error.filename}" if error.filename else f"listen on {address[0]}:{address[1]}"
+        _fail(StreamError(f"cannot {where}: {error.strerror or error}"))
     host, port = server.address
     click.echo(f"listening on {host}:{port}, storing in {out_dir}")
     try:

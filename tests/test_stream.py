@@ -29,7 +29,7 @@ from vaecodec.errors import InvalidFile
 from vaecodec.latents import Latents
 from vaecodec.stream import (
     FLAG_WANTS_REPLY, HEADER_SIZE, CorruptMessage, InvalidMessage, MessageTooLarge, MessageType, Receiver,
-    Rejected, Sender, StreamError, StreamTimeout, TruncatedStream, UnsupportedStreamVersion, _Channel,
+    Rejected, Sender, StreamError, StreamTimeout, TruncatedStream, UnsupportedStreamVersion, Channel,
     encode_frame, read_frame, safe_name,
 )
 
@@ -74,7 +74,7 @@ def background(function, *args, **kwargs):
 
 
 def replies(sock, count: int) -> list:
-    channel = _Channel(sock)
+    channel = Channel(sock)
     return [read_frame(channel, 1 << 16, TIMEOUT, "reply") for _ in range(count)]
 
 
@@ -407,6 +407,11 @@ def test_receive_command_in_a_process(tmp_path):
 def test_receive_command_usage_errors(tmp_path):
     result = CliRunner().invoke(receive, ["--listen", "nowhere", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "expected HOST:PORT" in result.output
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = "%s:%d" % taken.getsockname()
+        result = CliRunner().invoke(receive, ["--listen", address, "--out", str(tmp_path), "--no-decode"])
+    assert result.exit_code == StreamError.exit_code
+    assert result.output.startswith(f"error: cannot listen on {address}: ") and "Traceback" not in result.output
 
 
 # -- with the real model ------------------------------------------------------------------------------------------
@@ -457,3 +462,25 @@ def test_receive_server_decodes_and_keeps_vae(codec, tmp_path):
     assert vae == codec.compress(path, quality=2.0)
     decoded = Image.open(tmp_path / "out" / "small.png")
     assert np.array_equal(np.asarray(decoded), np.asarray(codec.decompress(vae)))
+
+
+def test_send_command_compresses_images(codec, tmp_path):
+    small_image(3).save(tmp_path / "small.png")
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")  # refused: transparent
+    with running_server(tmp_path / "out", codec=codec) as (server, _):
+        result = CliRunner().invoke(send, [str(tmp_path / "small.png"), str(tmp_path / "clear.png"), "-q", "2",
+                                           "--to", "%s:%d" % server.address, "--device", "cpu"])
+    assert result.exit_code == 3, result.output  # UnsupportedImage
+    assert "transparent" in result.output and "delivered 1 of 2 files" in result.output
+    assert os.listdir(tmp_path / "out") == ["small.png"]
+    decoded = np.asarray(Image.open(tmp_path / "out" / "small.png"))
+    assert np.array_equal(decoded, np.asarray(codec.decompress(codec.compress(tmp_path / "small.png", 2.0))))
+
+
+def test_server_refuses_to_decode_huge_images(codec, tmp_path):
+    header = container.ImageHeader(codec.model_name, codec.model_hash, 0, "RGB", 65536, 4096)
+    hostile = container.pack(header, bytes(64))  # 80 bytes announcing 268 million pixels
+    with running_server(tmp_path, codec=codec) as (server, _):
+        with pytest.raises(Rejected, match="65536x4096 pixels is over this receiver's limit"):
+            send_all(server.address, [("huge.png", hostile)])
+    assert os.listdir(tmp_path) == []

@@ -20,7 +20,7 @@ The header has its own CRC, so a damaged length is caught before the receiver wa
 L is checked against the receiver's limit before any payload is read; the payload buffer then grows only as
 bytes arrive. The stream ends cleanly only between frames: an end anywhere else is reported as truncation.
 Replies (ACK/NACK) travel the other way, one per message that asked for one, in order, so they carry no
-sequence number. Receivers validate IMAGE and LATENTS payloads fully (container CRC, header, model identity).
+sequence number. Receivers validate IMAGE and LATENTS payloads (container CRC and header; model, given a codec).
 
 A message that failed validation but whose frame was intact (bad payload, body CRC, unsafe name) leaves the
 stream at a frame boundary: the error is ``resumable`` and the next message can still be received. Framing
@@ -170,7 +170,7 @@ def encode_frame(kind: MessageType, name: str, payload: bytes, flags: int = 0) -
     return b"".join([header, CRC.pack(zlib.crc32(header)), body, CRC.pack(zlib.crc32(body))])
 
 
-class _Channel:
+class Channel:
     """Reads and writes over a socket (with timeouts), a binary file object, or a (reader, writer) pair."""
 
     def __init__(self, stream):
@@ -222,7 +222,7 @@ class FrameHeader:
         return bool(self.flags & FLAG_WANTS_REPLY)
 
 
-def read_header(channel: _Channel, timeout: float, what: str):
+def read_header(channel: Channel, timeout: float, what: str):
     """The next frame's checked header, or None at a clean end of stream."""
     data = channel.read_exactly(HEADER_SIZE, timeout, f"the header of {what}")
     if not data:
@@ -242,7 +242,7 @@ def read_header(channel: _Channel, timeout: float, what: str):
     return FrameHeader(kind, flags, name_length, payload_length)
 
 
-def read_body(channel: _Channel, header: FrameHeader, timeout: float, what: str) -> Frame:
+def read_body(channel: Channel, header: FrameHeader, timeout: float, what: str) -> Frame:
     """The rest of the frame after ``header``; check its size against the limit before calling this."""
     size = header.name_length + header.payload_length + CRC.size
     body = channel.read_exactly(size, timeout, what)
@@ -260,7 +260,7 @@ def read_body(channel: _Channel, header: FrameHeader, timeout: float, what: str)
     return Frame(MessageType(header.kind), header.flags, name, body[header.name_length:-CRC.size])
 
 
-def read_frame(channel: _Channel, max_payload: int, timeout: float, what: str):
+def read_frame(channel: Channel, max_payload: int, timeout: float, what: str):
     """The next frame, or None at a clean end of stream. Raises StreamError subclasses."""
     header = read_header(channel, timeout, what)
     if header is None:
@@ -291,7 +291,7 @@ class Sender:
 
     def __init__(self, stream, codec=None, *, model: str = "default", device: str = "auto",
                  wait_for_reply: bool = None, reply_timeout: float = 300.0):
-        self._channel = _Channel(stream)
+        self._channel = Channel(stream)
         self._codec, self._model, self._device = codec, model, device
         self.wait_for_reply = self._channel.socket is not None if wait_for_reply is None else wait_for_reply
         self.reply_timeout = reply_timeout
@@ -394,7 +394,7 @@ class Receiver:
 
     def __init__(self, stream, codec=None, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  idle_timeout: float = 60.0):
-        self._channel = _Channel(stream)
+        self._channel = Channel(stream)
         self._codec = codec
         self.max_message_size, self.idle_timeout = max_message_size, idle_timeout
         self.received = 0  # messages started, good or bad
