@@ -1,0 +1,131 @@
+"""Write a shipped model's card ``pretrained/<name>.md`` from its weights and the committed benchmark results.
+
+    python -m benchmarks.model_card [--model default] [--results benchmarks/results]
+
+Every figure comes from ``rd_summary.json`` and ``speed.json`` (run ``make bench`` first) or from the
+training history stored in the weights file; nothing is typed in by hand.
+"""
+
+import json
+from pathlib import Path
+
+import click
+
+from vaecodec.zoo import read_weights, weights_path
+
+CARD_CODECS = {"jpeg-420": "JPEG 4:2:0", "webp": "WebP", "avif-444": "AVIF 4:4:4", "heic-444": "HEVC intra 4:4:4"}
+TRAIN_COMMAND = ("vaecodec train --data ../shared/datasets/train --out runs/default --steps {steps} "
+                 "--lr {lr} --channels {n} --latent-channels {m} --hyper-channels {h} --device cpu")
+
+
+def parameter_count(weights: dict) -> int:
+    tensors = list(weights["transforms"].values()) + list(weights["hyper_synthesis"].values())
+    tensors += [weights["gain"], weights["inverse_gain"]] + list(weights.get("z_prior", {}).values())
+    return sum(t.numel() for t in tensors)
+
+
+def _number(value, digits=2, signed=False):
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict, speed: dict) -> str:
+    config = weights["config"]
+    lines = [
+        f"# Model card: {name}",
+        "",
+        "Mean-scale hyperprior VAE (Minnen, Ballé, Toderici 2018, no context model) with an integer",
+        "hyper-synthesis (Ballé, Johnston, Minnen 2019) and gain units for variable rate (Cui et al. 2021).",
+        "",
+        "## Architecture",
+        f"- g_a: 4 × conv 5×5 stride 2 with GDN, widths 3 → {config['channels']} → {config['channels']} → "
+        f"{config['channels']} → {config['latent_channels']} (y)",
+        f"- g_s: the mirror image with transposed convolutions and inverse GDN",
+        f"- h_a: conv 3×3, conv 5×5/2, conv 5×5/2 with ReLU, {config['hyper_channels']} channels (z)",
+        f"- h_s: integer network, 3 × (conv 3×3), 2× pixel shuffle after the first two, bounded ReLU,",
+        f"  12 fractional weight bits, 6 fractional activation bits; outputs a mean and a scale index per y element",
+        "- z prior: non-parametric factorized density (filters 3,3,3), frozen to integer tables at export",
+        "- y: Gaussian with 64 log-spaced scales 0.11…256, one integer table each (24-bit precision)",
+        f"- parameters: {parameter_count(weights):,}; weights file {file_bytes / 2**20:.1f} MiB "
+        f"(transforms fp16), hash {model_hash}",
+        "- qualities 1…8 in steps of 0.25; trained λ (MSE on 0–255): 0.0018, 0.0035, 0.0067, 0.0130, 0.0250, "
+        "0.0483, 0.0932, 0.1800",
+        "",
+        "## Training",
+        "Data: `../shared/datasets/train` (753 photos: BSDS500, Urban100, Sun-Hays 80, Set14, Set5, McMaster,",
+        "wallpapers), random downscale + 256 crops, random 128 patches and flips; 16 images held out for validation.",
+        "Never Kodak. Loss λ·255²·MSE + bpp, each crop at a random level; Adam, gradient clipping 1.0,",
+        "learning rate ÷10 for the last 15% of steps; the z prior's quantiles by their own Adam.",
+        "",
+        "| round | steps | patch × batch | learning rate | hardware | wall time | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for number, round_info in enumerate(weights.get("training", {}).get("rounds", []), start=1):
+        run = round_info["config"]
+        model = run["model"]
+        wall = round_info.get("log_tail", {}).get("logged_wall_seconds", 0)
+        command = TRAIN_COMMAND.format(steps=run["steps"], lr=run["learning_rate"], n=model["channels"],
+                                       m=model["latent_channels"], h=model["hyper_channels"])
+        if run.get("init"):
+            command += f" --init {Path(run['init']).stem}"
+        lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
+                     f"{run['learning_rate']:g} | 2-core CPU, {run['threads']} threads | {wall / 3600:.2f} h | "
+                     f"`{command}` |")
+    lines += ["", "Export: `vaecodec export runs/default -o pretrained/" + name + ".pt`", ""]
+
+    points = {p["setting"]: p for p in rd["codecs"].get("vaecodec", {}).get("points", [])}
+    lines += [
+        "## Kodak (24 images), measured",
+        f"Real file sizes, PSNR on the 8-bit RGB output, MS-SSIM (pytorch-msssim). From `{rd.get('command', 'python -m benchmarks.rd')}`"
+        f" on {rd.get('machine', {}).get('cpu', 'this machine')}, {rd.get('date', '')}.",
+        "",
+        "| quality | bpp | PSNR (dB) | MS-SSIM | encode s | decode s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting in sorted(points):
+        point = points[setting]
+        if float(setting) != int(float(setting)):
+            continue
+        lines.append(f"| {float(setting):g} | {point['bpp']:.3f} | {point['psnr']:.2f} | {point['msssim']:.4f} | "
+                     f"{point['encode_s']:.3f} | {point['decode_s']:.3f} |")
+    lines += ["", "BD-rate of this model against codecs measured in the same run (negative: fewer bits for the "
+              "same quality):", "", "| against | BD-rate (PSNR) | BD-rate (MS-SSIM dB) |", "|---|---|---|"]
+    against = rd.get("bd", {}).get("against", {})
+    for key, label in CARD_CODECS.items():
+        entry = against.get(key)
+        if entry:
+            lines.append(f"| {label} | {_number(entry['bd_rate_psnr_percent'], 1, True)}% | "
+                         f"{_number(entry['bd_rate_msssim_db_percent'], 1, True)}% |")
+    for key, entry in against.items():
+        if key not in CARD_CODECS and key in rd.get("published", {}):
+            lines.append(f"| {key} (published) | {_number(entry['bd_rate_psnr_percent'], 1, True)}% | "
+                         f"{_number(entry['bd_rate_msssim_db_percent'], 1, True)}% |")
+    if speed:
+        summary = speed.get("vaecodec_latency", {}).get("summary", {})
+        lines += ["", "## Speed on this CPU (Kodak, median of repeats, from `python -m benchmarks.speed`)", "",
+                  "| threads | encode ms | decode ms |", "|---|---|---|"]
+        for label, row in sorted(summary.items()):
+            lines.append(f"| {row['threads']} | {1000 * row['encode_s']:.0f} | {1000 * row['decode_s']:.0f} |")
+    lines += ["", "Regenerate: `make bench` (writes benchmarks/results/), then `python -m benchmarks.model_card`.", ""]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--model", default="default", show_default=True)
+@click.option("--results", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False))
+def main(model, results):
+    path = weights_path(model)
+    weights, model_hash = read_weights(path)
+    results = Path(results)
+    rd = json.loads((results / "rd_summary.json").read_text())
+    speed_path = results / "speed.json"
+    speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
+    card = render(weights["name"], weights, model_hash.hex(), path.stat().st_size, rd, speed)
+    card_path = path.with_suffix(".md")
+    card_path.write_text(card)
+    click.echo(f"wrote {card_path}")
+
+
+if __name__ == "__main__":
+    main()
