@@ -296,9 +296,10 @@ def info(context, files):
 
 # --- Commands defined in other modules are registered below (send, receive, train, export). ---
 from .training import export, train  # noqa: E402  (after cli exists)
+from .transfer import receive, send  # noqa: E402
 
-cli.add_command(train)
-cli.add_command(export)
+for command in (send, receive, train, export):
+    cli.add_command(command)
 
 
 def main():
