@@ -210,3 +210,35 @@ def test_decoded_image_saves_as_png(codec):
     buffer = io.BytesIO()
     codec.decompress(codec.compress(crop(14, 32, 32), 4)).save(buffer, "PNG")
     assert buffer.tell() > 0
+
+
+def test_mixed_size_batches_match_one_at_a_time(codec):
+    images = [crop(1, 64, 64), crop(2, 100, 37), crop(3, 64, 64), crop(4, 128, 64), crop(5, 100, 37)]
+    alone = [codec.compress(image, 3) for image in images]
+    assert codec.compress_batch(images, 3, batch_size=4) == alone
+    decoded = codec.decompress_batch(alone, batch_size=4)
+    assert [image.size for image in decoded] == [image.size for image in images]
+    assert all(np.array_equal(np.asarray(a), np.asarray(codec.decompress(d))) for a, d in zip(decoded, alone))
+
+
+def test_iterators_are_lazy_and_can_stop_early(codec):
+    consumed = []
+
+    def images():
+        for index in range(1, 100):
+            consumed.append(index)
+            yield crop(index % 24 + 1, 32, 32)
+
+    stream = codec.iter_compress(images(), 4, batch_size=2)
+    first = next(stream)
+    stream.close()  # the consumer stops: the worker pool shuts down, nothing else is read
+    assert container.unpack(first)[0].width == 32
+    assert len(consumed) <= 8
+
+
+def test_a_corrupt_file_in_a_batch_raises_invalid_file(codec):
+    good = codec.compress(crop(6, 32, 32), 4)
+    results = codec.iter_decompress([good, b"garbage", good], batch_size=1)
+    assert next(results).size == (32, 32)
+    with pytest.raises(InvalidFile):
+        next(results)
