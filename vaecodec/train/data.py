@@ -76,11 +76,12 @@ def build_pool(files: list, crop: int, crops_per_image: int, seed: int, generati
 class CropPool:
     """Batches of float crops in [0, 1]; pool generation g serves steps [g * pool_steps, (g + 1) * pool_steps)."""
 
-    def __init__(self, files, pool_crop=256, crops_per_image=4, pool_steps=5000, seed=0):
+    def __init__(self, files, pool_crop=256, crops_per_image=4, pool_steps=5000, seed=0, device="cpu"):
         if not files:
             raise ValueError("no training images found")
         self.files, self.pool_crop, self.crops_per_image = files, pool_crop, crops_per_image
         self.pool_steps, self.seed = pool_steps, seed
+        self.device = torch.device(device)  # on a GPU the uint8 crops stay resident there
         self._generation = None
         self._pool = None
         self._next = None  # (generation, thread, result list)
@@ -103,22 +104,22 @@ class CropPool:
             thread.join()
             if not result:
                 raise RuntimeError("building the training crop pool failed")
-            self._pool, self._generation = result[0], generation
+            self._pool, self._generation = result[0].to(self.device), generation
             self._start_build(generation + 1)
         return self._pool
 
     def batch(self, step: int, batch_size: int, patch: int, generator: torch.Generator) -> torch.Tensor:
         pool = self._pool_for(step)
-        index = torch.randint(len(pool), (batch_size,), generator=generator)
-        offsets = torch.randint(self.pool_crop - patch + 1, (batch_size, 2), generator=generator)
-        flips = torch.rand(batch_size, 2, generator=generator) < 0.5
+        index = torch.randint(len(pool), (batch_size,), generator=generator).tolist()
+        offsets = torch.randint(self.pool_crop - patch + 1, (batch_size, 2), generator=generator).tolist()
+        flips = (torch.rand(batch_size, 2, generator=generator) < 0.5).tolist()
         crops = []
         for i in range(batch_size):
-            top, left = offsets[i].tolist()
+            top, left = offsets[i]
             crop = pool[index[i], :, top:top + patch, left:left + patch]
-            if flips[i, 0]:
+            if flips[i][0]:
                 crop = crop.flip(2)
-            if flips[i, 1]:
+            if flips[i][1]:
                 crop = crop.flip(1)
             crops.append(crop)
         return torch.stack(crops).float().div_(255)

@@ -74,7 +74,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         files = list_images(config.data)
         train_files, held_out = split_validation(files, config.validation_images)
-        self.pool = CropPool(train_files, config.pool_crop, config.crops_per_image, config.pool_steps, config.seed)
+        self.pool = CropPool(train_files, config.pool_crop, config.crops_per_image, config.pool_steps, config.seed,
+                             device=self.device)
         self.validation = validation_crops(held_out) if held_out else None
         if resume:
             self._load_checkpoint()
