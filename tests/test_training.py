@@ -55,7 +55,10 @@ def test_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path):
     resumed_trainer = Trainer(tmp_path / "interrupted", tiny_config(data_dir, 12), resume=True)
     assert resumed_trainer.step == 5
     second = run_and_collect(resumed_trainer)
-    assert first + second == straight
+    assert len(first + second) == len(straight)
+    # Same data, noise, optimizer moments and schedule: the runs agree to float32 rounding (oneDNN may pick
+    # other channels_last kernels in a fresh process); a lost RNG or optimizer state would differ by far more.
+    np.testing.assert_allclose(first + second, straight, rtol=1e-5)
 
 
 def test_export_loads_and_round_trips_and_can_seed_a_new_run(data_dir, tmp_path):
