@@ -242,3 +242,16 @@ def test_a_corrupt_file_in_a_batch_raises_invalid_file(codec):
     assert next(results).size == (32, 32)
     with pytest.raises(InvalidFile):
         next(results)
+
+
+def test_tiled_transforms_match_untiled(codec):
+    from vaecodec.tiling import run_tiled
+
+    x = torch.from_numpy(np.asarray(crop(15, 256, 160), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        y = codec.g_a(x)
+        y_tiled = run_tiled(codec.g_a, x, 16, 1, tile=4, halo=4)
+        x_hat = codec.g_s(y)
+        x_hat_tiled = run_tiled(codec.g_s, y, 1, 16, tile=4, halo=4)
+    assert y_tiled.shape == y.shape and x_hat_tiled.shape == x_hat.shape
+    assert torch.allclose(y_tiled, y, atol=1e-4) and torch.allclose(x_hat_tiled, x_hat, atol=1e-4)

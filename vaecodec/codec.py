@@ -24,6 +24,7 @@ from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_ima
 from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
 from .latents import Latents
 from .model import STRIDE, HyperpriorVAE, ModelConfig
+from .tiling import run_tiled
 from .zoo import read_weights, weights_path
 
 Y_STRIDE = 16  # downsampling of y; z is at STRIDE
@@ -98,7 +99,7 @@ class Codec:
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with queued GPU work
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        y = self.g_a(x) * self.gain[quality_index][:, :, None, None]
+        y = run_tiled(self.g_a, x, Y_STRIDE, 1) * self.gain[quality_index][:, :, None, None]
         z = self.h_a(y)
         z_symbols = torch.round(z - self.z_offsets[None, :, None, None]).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
         mean_fixed, _ = self.hyper_synthesis.run(z_symbols)
@@ -111,7 +112,7 @@ class Codec:
         mean_fixed, _ = self.hyper_synthesis.run(z_symbols.to(self.device))
         y_hat = y_symbols.to(self.device).float() + mean_fixed.float() / 2**ACTIVATION_FRAC_BITS
         y_hat = y_hat * self.inverse_gain[quality_index][:, :, None, None]
-        return self.g_s(y_hat.contiguous(memory_format=torch.channels_last)).float()
+        return run_tiled(self.g_s, y_hat.contiguous(memory_format=torch.channels_last), 1, Y_STRIDE).float()
 
     # -- entropy coding (one image) ---------------------------------------------------------------------------
     def _entropy_encode(self, z_symbols: np.ndarray, y_symbols: np.ndarray) -> bytes:

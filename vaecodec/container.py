@@ -29,8 +29,8 @@ FORMAT_VERSION = 1
 QUALITY_STEP = 0.25
 QUALITY_LEVELS = 29  # 1.0, 1.25, ..., 8.0
 MODES = ("RGB", "L")
-MAX_SIDE = 1 << 16  # larger sides are refused: 65536 x 65536 is already 4 G pixels
-MAX_PIXELS = 1 << 28
+MAX_SIDE = 1 << 16
+MAX_PIXELS = 1 << 26  # 67 megapixels: bounds what a hostile header can make the decoder allocate
 
 
 def quality_to_index(quality: float) -> int:
