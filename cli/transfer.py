@@ -26,7 +26,7 @@ SENDABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", 
                      ".vae", ".latents"}
 COMPRESSED_SUFFIXES = {MessageType.IMAGE: ".vae", MessageType.LATENTS: ".latents"}
 MAX_STEM_BYTES = 200  # leaves room for "-123.latents" within the usual 255-byte file name limit
-DEFAULT_MAX_MEGAPIXELS = 50  # decoding is refused above: a tiny hostile .vae can announce 65536 x 4096 pixels
+DEFAULT_MAX_MEGAPIXELS = 50  # decoding is refused above: a tiny hostile .vae can announce 67 megapixels
 
 
 class Address(click.ParamType):
