@@ -6,6 +6,7 @@ Every figure comes from ``rd_summary.json`` and ``speed.json`` (run ``make bench
 training history stored in the weights file; nothing is typed in by hand.
 """
 
+import csv
 import json
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def _number(value, digits=2, signed=False):
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict, speed: dict) -> str:
+def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict, speed: dict,
+           per_image: list) -> str:
     config = weights["config"]
     lines = [
         f"# Model card: {name}",
@@ -89,6 +91,14 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
             continue
         lines.append(f"| {float(setting):g} | {point['bpp']:.3f} | {point['psnr']:.2f} | {point['msssim']:.4f} | "
                      f"{point['encode_s']:.3f} | {point['decode_s']:.3f} |")
+    kodim23 = [row for row in per_image if row["codec"] == "vaecodec" and row["image"].startswith("kodim23")]
+    if kodim23:
+        lines += ["", "kodim23 alone (what `vaecodec compress kodim23.png -q Q` gives):", "",
+                  "| quality | bytes | bpp | PSNR (dB) |", "|---|---|---|---|"]
+        for row in sorted(kodim23, key=lambda row: float(row["setting"])):
+            if float(row["setting"]) == int(float(row["setting"])):
+                lines.append(f"| {float(row['setting']):g} | {row['bytes']} | {float(row['bpp']):.3f} | "
+                             f"{float(row['psnr']):.2f} |")
     lines += ["", "BD-rate of this model against codecs measured in the same run (negative: fewer bits for the "
               "same quality):", "", "| against | BD-rate (PSNR) | BD-rate (MS-SSIM dB) |", "|---|---|---|"]
     against = rd.get("bd", {}).get("against", {})
@@ -121,7 +131,9 @@ def main(model, results):
     rd = json.loads((results / "rd_summary.json").read_text())
     speed_path = results / "speed.json"
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
-    card = render(weights["name"], weights, model_hash.hex(), path.stat().st_size, rd, speed)
+    with (results / "rd_per_image.csv").open() as file:
+        per_image = list(csv.DictReader(file))
+    card = render(weights["name"], weights, model_hash.hex(), path.stat().st_size, rd, speed, per_image)
     card_path = path.with_suffix(".md")
     card_path.write_text(card)
     click.echo(f"wrote {card_path}")
