@@ -25,10 +25,8 @@ def parameter_count(weights: dict) -> int:
     return sum(t.numel() for t in tensors)
 
 
-def _number(value, digits=2, signed=False):
-    if value is None:
-        return "n/a"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+def _percent(value) -> str:
+    return "no overlap" if value is None or value != value else f"{value:+.1f}%"
 
 
 def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict, speed: dict,
@@ -72,13 +70,13 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         if run.get("init"):
             command += f" --init {Path(run['init']).stem}"
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
-                     f"{run['learning_rate']:g} | 2-core CPU, {run['threads']} threads | {wall / 3600:.2f} h | "
+                     f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "
                      f"`{command}` |")
     lines += ["", "Export: `vaecodec export runs/default -o pretrained/" + name + ".pt`", ""]
 
     points = {p["setting"]: p for p in rd["codecs"].get("vaecodec", {}).get("points", [])}
     lines += [
-        "## Kodak (24 images), measured",
+        f"## Kodak ({rd.get('images')} images), measured",
         f"Real file sizes, PSNR on the 8-bit RGB output, MS-SSIM (pytorch-msssim). From `{rd.get('command', 'python -m benchmarks.rd')}`"
         f" on {rd.get('machine', {}).get('cpu', 'this machine')}, {rd.get('date', '')}.",
         "",
@@ -105,12 +103,12 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
     for key, label in CARD_CODECS.items():
         entry = against.get(key)
         if entry:
-            lines.append(f"| {label} | {_number(entry['bd_rate_psnr_percent'], 1, True)}% | "
-                         f"{_number(entry['bd_rate_msssim_db_percent'], 1, True)}% |")
+            lines.append(f"| {label} | {_percent(entry['bd_rate_psnr_percent'])} | "
+                         f"{_percent(entry['bd_rate_msssim_db_percent'])} |")
     for key, entry in against.items():
         if key not in CARD_CODECS and key in rd.get("published", {}):
-            lines.append(f"| {key} (published) | {_number(entry['bd_rate_psnr_percent'], 1, True)}% | "
-                         f"{_number(entry['bd_rate_msssim_db_percent'], 1, True)}% |")
+            lines.append(f"| {key} (published) | {_percent(entry['bd_rate_psnr_percent'])} | "
+                         f"{_percent(entry['bd_rate_msssim_db_percent'])} |")
     if speed:
         summary = speed.get("vaecodec_latency", {}).get("summary", {})
         lines += ["", "## Speed on this CPU (Kodak, median of repeats, from `python -m benchmarks.speed`)", "",

@@ -122,6 +122,7 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
             previous = {}
     history = list(previous.get("rounds", []))
     history.append({"run": str(run_dir), "steps": checkpoint["step"], "config": config,
+                    "hardware": config.get("hardware", ""),
                     "log_tail": _log_summary(run_dir)})
     training = {"rounds": history}
     weights = build_weights(model, name, fp16, training)

@@ -41,9 +41,17 @@ class RunConfig:
     threads: int = 2
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     init: str = ""  # shipped weights this run started from, if any
+    hardware: str = ""  # where it trained, for the model card
+
 
     def learning_rate_at(self, step: int) -> float:
         return self.learning_rate * (0.1 if step >= self.decay_at * self.steps else 1.0)
+
+
+def describe_hardware(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, mixed precision"
+    return f"{os.cpu_count()}-core CPU, {threads} threads"
 
 
 def _atomic_save(obj, path: Path):
@@ -77,6 +85,8 @@ class Trainer:
         self.pool = CropPool(train_files, config.pool_crop, config.crops_per_image, config.pool_steps, config.seed,
                              device=self.device)
         self.validation = validation_crops(held_out) if held_out else None
+        if not config.hardware:
+            config.hardware = describe_hardware(self.device, config.threads)
         if resume:
             self._load_checkpoint()
         else:
