@@ -55,7 +55,8 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "## Training",
         "Data: `../shared/datasets/train` (753 photos: BSDS500, Urban100, Sun-Hays 80, Set14, Set5, McMaster,",
         "wallpapers), random downscale + 256 crops, random 128 patches and flips; 16 images held out for validation.",
-        "Never Kodak. Loss λ·255²·MSE + bpp, each crop at a random level; Adam, gradient clipping 1.0,",
+        "Never Kodak. Loss λ·255²·MSE + bpp, each crop at a random level, weighted by (λ_mid/λ)^level_weighting;",
+        "Adam, gradient clipping 1.0,",
         "learning rate ÷10 for the last 15% of steps; the z prior's quantiles by their own Adam.",
         "",
         "| round | steps | patch × batch | learning rate | hardware | wall time | command |",
@@ -72,6 +73,8 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "
                      f"`{command}` |")
+        if run.get("notes"):
+            lines.append(f"|   | note: {run['notes']} | | | | | |")
     lines += ["", "Export: `vaecodec export runs/default -o pretrained/" + name + ".pt`", ""]
 
     points = {p["setting"]: p for p in rd["codecs"].get("vaecodec", {}).get("points", [])}

@@ -14,6 +14,7 @@ qualities interpolate them geometrically. Training minimises lambda[q] * 255^2 *
 beta-VAE.
 """
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,6 +27,7 @@ from .layers import GDN, conv, deconv, round_ste
 
 # CompressAI's MSE lambda ladder for its 8 quality levels (distortion on 0-255 MSE).
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+LAMBDA_MID = math.exp(sum(math.log(v) for v in LAMBDAS) / len(LAMBDAS))  # geometric mean
 STRIDE = 64  # total downsampling of z: images are padded to a multiple of this
 
 
@@ -89,12 +91,18 @@ class HyperpriorVAE(nn.Module):
         return {"x_hat": x_hat, "y_likelihood": y_likelihood, "z_likelihood": z_likelihood}
 
 
-def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor) -> dict:
-    """lambda * 255^2 * MSE + bpp per image, averaged; also returns the parts for logging."""
+def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor, level_weighting: float = 0.0) -> dict:
+    """lambda * 255^2 * MSE + bpp per image, averaged; also returns the parts for logging.
+
+    Each image's objective is scaled by (lambda_mid / lambda) ** level_weighting before averaging. That leaves
+    every level's own rate-distortion optimum where it is, but stops the high-lambda images, whose distortion
+    gradients are up to 100x larger, from deciding the shared transforms alone.
+    """
     num_pixels = x.shape[2] * x.shape[3]
     bits = -(output["y_likelihood"].log2().flatten(1).sum(1) + output["z_likelihood"].log2().flatten(1).sum(1))
     bpp = bits / num_pixels
     mse = (output["x_hat"] - x).pow(2).flatten(1).mean(1)
     lambdas = torch.tensor(LAMBDAS, device=x.device)[level.round().long()]
-    loss = (lambdas * 255**2 * mse + bpp).mean()
+    weights = (LAMBDA_MID / lambdas) ** level_weighting
+    loss = (weights * (lambdas * 255**2 * mse + bpp)).mean()
     return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}

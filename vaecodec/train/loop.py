@@ -30,6 +30,7 @@ class RunConfig:
     decay_at: float = 0.85  # fraction of the steps after which the learning rate drops 10x
     quantile_learning_rate: float = 1e-3
     clip_norm: float = 1.0
+    level_weighting: float = 0.5  # per-level loss weight (lambda_mid / lambda) ** this, see rate_distortion_loss
     seed: int = 0
     validation_images: int = 16
     validate_every: int = 1000
@@ -42,6 +43,7 @@ class RunConfig:
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     init: str = ""  # shipped weights this run started from, if any
     hardware: str = ""  # where it trained, for the model card
+    notes: str = ""  # free text for the model card (changes made while the run went on)
 
 
     def learning_rate_at(self, step: int) -> float:
@@ -131,7 +133,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.model(x, levels)
         output = {k: v.float() for k, v in output.items()}
-        losses = rate_distortion_loss(x, output, levels)
+        losses = rate_distortion_loss(x, output, levels, config.level_weighting)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
