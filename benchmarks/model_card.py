@@ -118,6 +118,10 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
                   "| threads | encode ms | decode ms |", "|---|---|---|"]
         for label, row in sorted(summary.items()):
             lines.append(f"| {row['threads']} | {1000 * row['encode_s']:.0f} | {1000 * row['decode_s']:.0f} |")
+    fp16_check = Path("benchmarks/results/fp16_check.txt")
+    if fp16_check.exists():
+        lines += ["", "Storing the transforms in fp16 instead of fp32 (5 Kodak images × qualities 1, 4, 8, same run "
+                  f"exported both ways): {fp16_check.read_text().strip()}."]
     lines += ["", "Regenerate: `make bench` (writes benchmarks/results/), then `python -m benchmarks.model_card`.", ""]
     return "\n".join(lines)
 
