@@ -121,7 +121,7 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
     fp16_check = Path("benchmarks/results/fp16_check.txt")
     if fp16_check.exists():
         lines += ["", "Storing the transforms in fp16 instead of fp32 (5 Kodak images × qualities 1, 4, 8, same run "
-                  f"exported both ways): {fp16_check.read_text().strip()}."]
+                  f"exported both ways, `python -m benchmarks.fp16_check`): {fp16_check.read_text().strip()}."]
     lines += ["", "Regenerate: `make bench` (writes benchmarks/results/), then `python -m benchmarks.model_card`.", ""]
     return "\n".join(lines)
 
