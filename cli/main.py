@@ -96,10 +96,15 @@ def check_quality(context, parameter, quality: float) -> float:
     return quality
 
 
+def default_batch_size(codec, batch_size):
+    return batch_size or (8 if codec.device.type == "cuda" else 1)
+
+
 def model_options(command):
     """Options shared by the commands that run the model."""
-    command = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                           help="Images coded together; more is faster on a GPU and uses more memory.")(command)
+    command = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                           help="Images coded together; default 8 on a GPU, 1 on the CPU (where batching measured "
+                                "slower: benchmarks/results/speed.md).")(command)
     command = click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
                            help="Threads that read input files ahead of the model.")(command)
     command = click.option("--model", default="default", show_default=True,
@@ -153,7 +158,8 @@ def compress(context, inputs, output, quality, force, device, model, workers, ba
         return len(data), len(data)
 
     outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
-                             lambda images: codec.iter_compress(images, quality=quality, batch_size=batch_size),
+                             lambda images: codec.iter_compress(images, quality=quality,
+                                                                 batch_size=default_batch_size(codec, batch_size)),
                              lambda image: codec.compress(image, quality=quality))
     context.exit(finish(count, outcomes, save, "Compressing"))
 
@@ -204,7 +210,7 @@ def decompress(context, inputs, output, format_name, force, device, model, worke
         return job.target.stat().st_size, job.bytes_in
 
     outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
-                             lambda datas: codec.iter_decompress(datas, batch_size=batch_size),
+                             lambda datas: codec.iter_decompress(datas, batch_size=default_batch_size(codec, batch_size)),
                              codec.decompress)
     context.exit(finish(count, outcomes, save, "Decompressing"))
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .layers import round_ste
+from .layers import lower_bound, round_ste
 
 
 def round_half_up_ste(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,10 @@ class HyperSynthesis(nn.Module):
             if spec.hidden:
                 x = x.clamp(0.0, ACTIVATION_MAX)
         mean, scale_position = x.float().split(self.y_channels, dim=1)
-        return mean.clamp(-MEAN_MAX, MEAN_MAX), scale_position.clamp(0, self.num_scales - 1)
+        # lower_bound, not clamp: an element pushed below the smallest scale must still get the gradient that
+        # raises its scale when its residuals grow, or it stays stuck at 0.11 paying ~18 bits per nonzero symbol
+        scale_position = lower_bound(scale_position, 0.0).clamp(max=self.num_scales - 1)
+        return mean.clamp(-MEAN_MAX, MEAN_MAX), scale_position
 
     def export_integer_tables(self) -> dict:
         """Integer weights and biases (as int64 tensors) that ``IntegerHyperSynthesis`` runs exactly."""
