@@ -68,8 +68,9 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         wall = round_info.get("log_tail", {}).get("logged_wall_seconds", 0)
         command = TRAIN_COMMAND.format(steps=run["steps"], lr=run["learning_rate"], n=model["channels"],
                                        m=model["latent_channels"], h=model["hyper_channels"])
-        if run.get("init"):
-            command += f" --init {Path(run['init']).stem}"
+        if run.get("init"):  # the width comes from the weights fine-tuned
+            command = command.split(" --channels")[0] + f" --device cpu --init {Path(run['init']).stem}"
+        command = command.replace("--out runs/default", f"--out {Path(round_info['run']).as_posix().split('/main/')[-1]}")
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "
                      f"`{command}` |")
