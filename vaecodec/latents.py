@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import ImageHeader, Reader, check_crc_and_magic, read_image_header, write_image_header, write_varint
+from .container import ImageHeader, check_crc_and_magic, read_image_header, write_image_header, write_varint
 from .errors import InvalidFile
 
 MAGIC = b"VAEL"
