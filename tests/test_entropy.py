@@ -40,18 +40,25 @@ def test_range_coding_round_trips_with_escapes():
     assert np.array_equal(decode_symbols(decoder, table_index, tables), symbols)
 
 
+QUALITY_LEVEL = torch.arange(29, dtype=torch.float64) / 4  # zero-based level of each quality index
+
+
 def _hyper_synthesis():
     torch.manual_seed(0)
-    network = HyperSynthesis(z_channels=8, hidden_channels=16, y_channels=12, num_scales=NUM_SCALES)
-    integer = IntegerHyperSynthesis(network.specs, network.export_integer_tables(), 12, NUM_SCALES)
+    network = HyperSynthesis(z_channels=8, hidden_channels=16, y_channels=12, num_scales=NUM_SCALES, levels=8)
+    with torch.no_grad():  # non-trivial level tables, as after training
+        network.level_scale_shift.normal_(0, 0.2)
+        network.level_log_mean_gain.normal_(0, 0.1)
+    integer = IntegerHyperSynthesis(network.specs, network.export_integer_tables(QUALITY_LEVEL), 12, NUM_SCALES)
     return network, integer
 
 
 def test_integer_path_matches_the_fake_quantized_training_path():
     network, integer = _hyper_synthesis()
-    z = torch.randint(-6, 7, (2, 8, 5, 7)).float()
-    mean, scale_position = network(z, dtype=torch.float64)
-    mean_fixed, scale_index = integer.run(z.long())
+    z = torch.randint(-6, 7, (29, 8, 5, 7)).float()
+    quality_index = torch.arange(29)  # every quality, fractional levels included
+    mean, scale_position = network(z, QUALITY_LEVEL, dtype=torch.float64)
+    mean_fixed, scale_index = integer.run(z.long(), quality_index)
     agree_mean = (mean_fixed.double() / 2**ACTIVATION_FRAC_BITS == mean.double()).double().mean()
     agree_scale = (torch.floor(scale_position + 0.5).long() == scale_index).double().mean()
     assert agree_mean == 1 and agree_scale == 1  # same grid, same half-up rounding, exact float64 sums
@@ -60,10 +67,11 @@ def test_integer_path_matches_the_fake_quantized_training_path():
 def test_integer_path_is_independent_of_batch_and_threads():
     _, integer = _hyper_synthesis()
     z = torch.randint(-20, 21, (8, 8, 6, 6))
-    alone = [integer.run(z[i:i + 1]) for i in range(8)]
+    quality_index = torch.arange(8) * 3
+    alone = [integer.run(z[i:i + 1], quality_index[i:i + 1]) for i in range(8)]
     torch.set_num_threads(1)
     try:
-        batched = integer.run(z)
+        batched = integer.run(z, quality_index)
     finally:
         torch.set_num_threads(2)
     for i, (mean, scale) in enumerate(alone):

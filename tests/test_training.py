@@ -9,7 +9,7 @@ from PIL import Image
 
 import vaecodec
 from vaecodec.model import ModelConfig
-from vaecodec.train.export import export_run, model_from_weights
+from vaecodec.train.export import export_run, level_of_quality, model_from_weights
 from vaecodec.train.loop import RunConfig, Trainer
 from vaecodec.zoo import read_weights
 
@@ -70,5 +70,11 @@ def test_export_loads_and_round_trips_and_can_seed_a_new_run(data_dir, tmp_path)
     image = Image.open(next(data_dir.glob("*.png")))
     decoded = codec.decompress(codec.compress(image, 3.5))
     assert decoded.size == image.size
-    model = model_from_weights(read_weights(tmp_path / "tiny.pt")[0])
+    shipped = read_weights(tmp_path / "tiny.pt")[0]
+    model = model_from_weights(shipped)
     assert torch.isfinite(model.log_gain).all()
+    # the rebuilt h_s exports the shipped integers again (per-level tables at the trained levels)
+    rebuilt = model.h_s.export_integer_tables(level_of_quality())
+    for key, table in shipped["hyper_synthesis"].items():
+        at_trained_levels = slice(None, None, 4) if key in ("scale_shift", "mean_gain") else slice(None)
+        assert torch.equal(rebuilt[key][at_trained_levels], table[at_trained_levels]), key

@@ -21,7 +21,7 @@ from .container import ImageHeader, quality_to_index
 from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_symbols, encode_symbols
 from .errors import InvalidFile, ModelMismatch, UsageError
 from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_image
-from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
+from .integer_net import ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, IntegerHyperSynthesis
 from .latents import Latents
 from .model import STRIDE, HyperpriorVAE, ModelConfig
 from .tiling import run_tiled
@@ -64,8 +64,13 @@ class Codec:
         model.load_state_dict({k: v.float() for k, v in weights["transforms"].items()}, strict=False)
         model = model.to(device).eval().to(memory_format=torch.channels_last)
         self.g_a, self.h_a, self.g_s = model.g_a, model.h_a, model.g_s
+        hyper_tables = dict(weights["hyper_synthesis"])
+        if "scale_shift" not in hyper_tables:  # weights from before h_s knew the quality: identity tables
+            shape = (container.QUALITY_LEVELS, self.config.latent_channels)
+            hyper_tables["scale_shift"] = torch.zeros(shape, dtype=torch.long)
+            hyper_tables["mean_gain"] = torch.full(shape, 2**MEAN_GAIN_FRAC_BITS, dtype=torch.long)
         self.hyper_synthesis = IntegerHyperSynthesis(
-            model.h_s.specs, weights["hyper_synthesis"], self.config.latent_channels, model.h_s.num_scales, device)
+            model.h_s.specs, hyper_tables, self.config.latent_channels, model.h_s.num_scales, device)
         self.gain = weights["gain"].float().to(device)
         self.inverse_gain = weights["inverse_gain"].float().to(device)
         self.z_offsets = weights["z_offsets"].float().to(device)
@@ -91,33 +96,52 @@ class Codec:
                 f"not the loaded {self.model_name} ({self.model_hash.hex()})")
 
     # -- transforms (batched) ---------------------------------------------------------------------------------
+    def _per_image(self, transform, *batched):
+        """Run a batched transform; on the CPU one image at a time.
+
+        oneDNN chooses kernels by batch size, and their last-bit float differences can flip a rounded y symbol
+        or an output pixel. Running images singly keeps the bytes and pixels independent of the batch size,
+        and costs nothing: batching gains no speed on a CPU (benchmarks/results/speed.md).
+        """
+        if self.device.type == "cuda":
+            return transform(*batched)
+        outputs = [transform(*(tensor[i:i + 1] for tensor in batched)) for i in range(len(batched[0]))]
+        if isinstance(outputs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outputs))
+        return torch.cat(outputs)
+
     @torch.inference_mode()
     def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor):
-        """Padded images (B, 3, H, W) -> z symbols, y symbols (int64, on CPU)."""
+        """Padded images (B, 3, H, W) -> z symbols, y symbols (int64) and y's scale indexes (uint8), on CPU."""
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with queued GPU work
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         y = run_tiled(self.g_a, x, Y_STRIDE, 1) * self.gain[quality_index][:, :, None, None]
         z = self.h_a(y)
         z_symbols = torch.round(z - self.z_offsets[None, :, None, None]).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
-        mean_fixed, _ = self.hyper_synthesis.run(z_symbols)
+        mean_fixed, scale_index = self.hyper_synthesis.run(z_symbols, quality_index)
         mean = mean_fixed.to(y.dtype) / 2**ACTIVATION_FRAC_BITS
         y_symbols = torch.round(y - mean).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
-        return z_symbols.cpu(), y_symbols.cpu()
+        return z_symbols.cpu(), y_symbols.cpu(), scale_index.to(torch.uint8).cpu()
 
     @torch.inference_mode()
     def _synthesize(self, z_symbols: torch.Tensor, y_symbols: torch.Tensor, quality_index: torch.Tensor):
-        mean_fixed, _ = self.hyper_synthesis.run(z_symbols.to(self.device))
+        mean_fixed, _ = self.hyper_synthesis.run(z_symbols.to(self.device), quality_index)
         y_hat = y_symbols.to(self.device).float() + mean_fixed.float() / 2**ACTIVATION_FRAC_BITS
         y_hat = y_hat * self.inverse_gain[quality_index][:, :, None, None]
         return run_tiled(self.g_s, y_hat.contiguous(memory_format=torch.channels_last), 1, Y_STRIDE).float()
 
     # -- entropy coding (one image) ---------------------------------------------------------------------------
-    def _entropy_encode(self, z_symbols: np.ndarray, y_symbols: np.ndarray) -> bytes:
-        _, scale_index = self.hyper_synthesis.run(torch.from_numpy(z_symbols)[None])
+    def _scale_index(self, z_symbols: np.ndarray, quality_index: int) -> np.ndarray:
+        """Scale-table index of every y element, from the z symbols alone (what the decoder can compute)."""
+        z_symbols = torch.from_numpy(z_symbols.astype(np.int64))[None]
+        _, scale_index = self.hyper_synthesis.run(z_symbols, torch.tensor([quality_index]))
+        return scale_index[0].cpu().numpy()
+
+    def _entropy_encode(self, z_symbols: np.ndarray, y_symbols: np.ndarray, scale_index: np.ndarray) -> bytes:
         encoder = constriction.stream.queue.RangeEncoder()
         encode_symbols(encoder, z_symbols, self._z_table_index(z_symbols.shape), self.z_tables)
-        encode_symbols(encoder, y_symbols, scale_index[0].cpu().numpy(), self.y_tables)
+        encode_symbols(encoder, y_symbols, scale_index, self.y_tables)
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def _entropy_decode(self, payload: bytes, header: ImageHeader) -> tuple:
@@ -127,8 +151,7 @@ class Codec:
         try:
             decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
             z_symbols = decode_symbols(decoder, self._z_table_index(z_shape), self.z_tables)
-            _, scale_index = self.hyper_synthesis.run(torch.from_numpy(z_symbols)[None])
-            y_symbols = decode_symbols(decoder, scale_index[0].cpu().numpy(), self.y_tables)
+            y_symbols = decode_symbols(decoder, self._scale_index(z_symbols, header.quality_index), self.y_tables)
         except (AssertionError, ValueError, RuntimeError, OverflowError) as error:  # constriction asserts on invalid data
             raise InvalidFile(f".vae payload cannot be decoded ({error})") from None
         return z_symbols, y_symbols
@@ -136,13 +159,14 @@ class Codec:
     # -- public API: latents ----------------------------------------------------------------------------------
     def encode_latents(self, image, quality: float = 4.0) -> Latents:
         """Quantized latents of one image (PIL image or path)."""
-        return next(self._iter_latents([image], quality, 1))
+        return next(self._iter_analysed([image], quality, 1))[0]
 
     def decode_latents(self, latents: Latents):
         """Image from latents produced by ``encode_latents`` (or received with ``Latents.from_bytes``)."""
         return next(self.iter_decode_latents([latents], 1))
 
-    def _iter_latents(self, images, quality: float, batch_size: int):
+    def _iter_analysed(self, images, quality: float, batch_size: int):
+        """Yield (Latents, scale_index) per image; the scale indexes save the entropy coder a second h_s run."""
         try:
             quality_index = quality_to_index(float(quality))
         except (TypeError, ValueError) as error:
@@ -155,13 +179,14 @@ class Codec:
                 started = time.perf_counter()
                 x = torch.cat([pad(image_to_tensor(opened[i]), STRIDE) for i in members])
                 qualities = torch.full((len(members),), quality_index, dtype=torch.long, device=self.device)
-                z_symbols, y_symbols = self._analyse(x, qualities)
+                z_symbols, y_symbols, scale_index = self._per_image(self._analyse, x, qualities)
                 self.timings.transform += time.perf_counter() - started
                 for row, i in enumerate(members):
                     image = opened[i]
                     header = ImageHeader(self.model_name, self.model_hash, quality_index, image.mode, *image.size)
-                    results[i] = Latents(header, z_symbols[row].numpy().astype(np.int16),
-                                         y_symbols[row].numpy().astype(np.int16))
+                    latents = Latents(header, z_symbols[row].numpy().astype(np.int16),
+                                      y_symbols[row].numpy().astype(np.int16))
+                    results[i] = (latents, scale_index[row].numpy())
             yield from results
 
     def iter_decode_latents(self, latents_list, batch_size: int = 8):
@@ -179,7 +204,7 @@ class Codec:
                 z = torch.from_numpy(np.stack([chunk[i].z_symbols for i in members]).astype(np.int64))
                 y = torch.from_numpy(np.stack([chunk[i].y_symbols for i in members]).astype(np.int64))
                 qualities = torch.tensor([chunk[i].header.quality_index for i in members], device=self.device)
-                x_hat = self._synthesize(z, y, qualities)
+                x_hat = self._per_image(self._synthesize, z, y, qualities)
                 for row, i in enumerate(members):
                     header = chunk[i].header
                     results[i] = tensor_to_image(x_hat[row, :, :header.height, :header.width], header.mode)
@@ -190,7 +215,15 @@ class Codec:
     def latents_to_bytes(self, latents: Latents) -> bytes:
         """Entropy-code latents into a .vae file."""
         started = time.perf_counter()
-        payload = self._entropy_encode(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64))
+        scale_index = self._scale_index(latents.z_symbols, latents.header.quality_index)
+        self.timings.entropy += time.perf_counter() - started
+        return self._pack((latents, scale_index))
+
+    def _pack(self, analysed: tuple) -> bytes:
+        latents, scale_index = analysed
+        started = time.perf_counter()
+        payload = self._entropy_encode(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64),
+                                       scale_index)
         self.timings.entropy += time.perf_counter() - started
         return container.pack(latents.header, payload)
 
@@ -211,7 +244,7 @@ class Codec:
 
     def compress(self, image, quality: float = 4.0) -> bytes:
         """One image (PIL image or path) -> bytes of a .vae file."""
-        return self.latents_to_bytes(self.encode_latents(image, quality))
+        return self._pack(next(self._iter_analysed([image], quality, 1)))
 
     def decompress(self, data: bytes):
         """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources)."""
@@ -224,7 +257,7 @@ class Codec:
         while the transforms run on the next batch.
         """
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            yield from _in_order(pool, self.latents_to_bytes, self._iter_latents(images, quality, batch_size),
+            yield from _in_order(pool, self._pack, self._iter_analysed(images, quality, batch_size),
                                  ahead=2 * batch_size)
 
     def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2):
@@ -242,9 +275,9 @@ class Codec:
 
     def estimated_bits(self, latents: Latents) -> float:
         """The model's information content of the latents (sum of -log2 p under the frozen tables)."""
-        _, scale_index = self.hyper_synthesis.run(torch.from_numpy(latents.z_symbols.astype(np.int64))[None])
+        scale_index = self._scale_index(latents.z_symbols, latents.header.quality_index)
         z_bits = self.z_tables.estimated_bits(latents.z_symbols, self._z_table_index(latents.z_symbols.shape))
-        y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index[0].cpu().numpy())
+        y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index)
         return z_bits + y_bits
 
 

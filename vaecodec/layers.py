@@ -10,6 +10,14 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def interpolate_levels(table: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-level table (L, C) at zero-based, possibly fractional levels (B,): linear in between."""
+    level = level.clamp(0, table.shape[0] - 1)
+    low = level.floor().long().clamp(max=table.shape[0] - 2)
+    t = (level - low)[:, None]
+    return (1 - t) * table[low] + t * table[low + 1]
+
+
 class _LowerBound(torch.autograd.Function):
     """max(x, bound) whose gradient still pushes x upwards when it sits below the bound."""
 

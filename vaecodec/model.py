@@ -3,7 +3,7 @@
 Data path (Minnen, Ballé, Toderici 2018, without the autoregressive context model):
 
     x --g_a--> y --*gain[q]--> y_q --h_a--> z --round(z - median)--> z_symbols
-    z_symbols --h_s (integer)--> mean, scale_index
+    z_symbols, q --h_s (integer)--> mean, scale_index
     y_symbols = round(y_q - mean)                                        (coded with the scale's table)
     y_hat = (y_symbols + mean) * inverse_gain[q] --g_s--> x_hat
 
@@ -23,7 +23,7 @@ from torch import nn
 from .entropy.factorized import FactorizedPrior
 from .entropy.gaussian import NUM_SCALES, GaussianConditional
 from .integer_net import HyperSynthesis
-from .layers import GDN, conv, deconv, round_ste
+from .layers import GDN, conv, deconv, interpolate_levels, round_ste
 
 # CompressAI's MSE lambda ladder for its 8 quality levels (distortion on 0-255 MSE).
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
@@ -53,7 +53,7 @@ class HyperpriorVAE(nn.Module):
             deconv(n, n), GDN(n, inverse=True), deconv(n, 3),
         )
         self.h_a = nn.Sequential(conv(m, h, 3, 1), nn.ReLU(), conv(h, h), nn.ReLU(), conv(h, h))
-        self.h_s = HyperSynthesis(h, h, m, NUM_SCALES)
+        self.h_s = HyperSynthesis(h, h, m, NUM_SCALES, config.levels)
         self.z_prior = FactorizedPrior(h)
         self.y_conditional = GaussianConditional()
         # log-domain gains keep them positive and make geometric interpolation linear
@@ -66,11 +66,8 @@ class HyperpriorVAE(nn.Module):
 
     def gains(self, level: torch.Tensor):
         """Gain and inverse gain for (possibly fractional) zero-based levels, shape (B,) -> (B, M, 1, 1)."""
-        level = level.clamp(0, self.config.levels - 1)
-        low = level.floor().long().clamp(max=self.config.levels - 2)
-        t = (level - low)[:, None]
-        log_gain = (1 - t) * self.log_gain[low] + t * self.log_gain[low + 1]
-        log_inverse = (1 - t) * self.log_inverse_gain[low] + t * self.log_inverse_gain[low + 1]
+        log_gain = interpolate_levels(self.log_gain, level)
+        log_inverse = interpolate_levels(self.log_inverse_gain, level)
         return log_gain.exp()[:, :, None, None], log_inverse.exp()[:, :, None, None]
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
@@ -82,7 +79,7 @@ class HyperpriorVAE(nn.Module):
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
         z_likelihood = self.z_prior.likelihood(z_noisy)
         z_symbols = round_ste(z - medians)
-        mean, scale_position = self.h_s(z_symbols)
+        mean, scale_position = self.h_s(z_symbols, level)
         scale = self.y_conditional.scale_from_position(scale_position)
         y_noisy_residual = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_likelihood = self.y_conditional.likelihood(y_noisy_residual, scale)

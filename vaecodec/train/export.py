@@ -17,7 +17,8 @@ import torch
 from ..codec import Codec
 from ..container import QUALITY_LEVELS, QUALITY_STEP
 from ..entropy.tables import PRECISION
-from ..integer_net import WEIGHT_FRAC_BITS
+from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, MEAN_GAIN_UNIT, SCALE_SHIFT_UNIT,
+                           WEIGHT_FRAC_BITS)
 from ..model import HyperpriorVAE, ModelConfig
 from ..zoo import read_weights, save_weights
 from .data import list_images, load_rgb, split_validation
@@ -38,9 +39,13 @@ def fit_tail_quantiles(model: HyperpriorVAE, steps: int = 3000):
     return model.z_prior.quantile_loss().item()
 
 
+def level_of_quality() -> torch.Tensor:
+    """Zero-based (fractional) training level of each quality index."""
+    return torch.tensor([index * QUALITY_STEP for index in range(QUALITY_LEVELS)], dtype=torch.float64)
+
+
 def quality_gains(model: HyperpriorVAE) -> tuple:
-    levels = torch.tensor([index * QUALITY_STEP for index in range(QUALITY_LEVELS)])
-    gain, inverse_gain = model.gains(levels)
+    gain, inverse_gain = model.gains(level_of_quality().float())
     return gain[:, :, 0, 0].detach().float(), inverse_gain[:, :, 0, 0].detach().float()
 
 
@@ -57,7 +62,7 @@ def build_weights(model: HyperpriorVAE, name: str, fp16: bool, training: dict) -
         "transforms": transforms,
         "gain": gain,
         "inverse_gain": inverse_gain,
-        "hyper_synthesis": model.h_s.export_integer_tables(),
+        "hyper_synthesis": model.h_s.export_integer_tables(level_of_quality()),
         "z_prior": {k: v.float() for k, v in model.z_prior.state_dict().items()},  # for --init fine-tuning
         "z_offsets": torch.from_numpy(z_tables["offsets"]),
         "z_table_low": torch.from_numpy(z_tables["table_low"]),
@@ -78,9 +83,15 @@ def model_from_weights(weights: dict) -> HyperpriorVAE:
         bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
         state[f"h_s.convs.{i}.bias"] = weights["hyper_synthesis"][f"layer{i}.bias"].double() / bias_unit
     steps_per_level = round(1 / QUALITY_STEP)
+    hyper = weights["hyper_synthesis"]
+    if "scale_shift" in hyper:  # weights from before the per-level tables start from the identity
+        state["h_s.level_scale_shift"] = hyper["scale_shift"][::steps_per_level].double() / (
+            2**ACTIVATION_FRAC_BITS * SCALE_SHIFT_UNIT)
+        state["h_s.level_log_mean_gain"] = (hyper["mean_gain"][::steps_per_level].double()
+                                            / 2**MEAN_GAIN_FRAC_BITS).log() / MEAN_GAIN_UNIT
     state["log_gain"] = weights["gain"][::steps_per_level].log()
     state["log_inverse_gain"] = weights["inverse_gain"][::steps_per_level].log()
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict="h_s.level_scale_shift" in state)
     return model
 
 
