@@ -26,6 +26,8 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks.rd --data ../shared/datasets/kodak
 	$(BIN)/python -m benchmarks.speed --data ../shared/datasets/kodak
+	$(BIN)/python -m benchmarks.rounds
+	$(BIN)/python -m benchmarks.model_card
 	$(BIN)/python -m benchmarks.readme
 
 clean:

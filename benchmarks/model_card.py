@@ -30,7 +30,7 @@ def _percent(value) -> str:
 
 
 def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict, speed: dict,
-           per_image: list) -> str:
+           per_image: list, rounds: list = ()) -> str:
     config = weights["config"]
     lines = [
         f"# Model card: {name}",
@@ -44,7 +44,8 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         f"- g_s: the mirror image with transposed convolutions and inverse GDN",
         f"- h_a: conv 3×3, conv 5×5/2, conv 5×5/2 with ReLU, {config['hyper_channels']} channels (z)",
         f"- h_s: integer network, 3 × (conv 3×3), 2× pixel shuffle after the first two, bounded ReLU,",
-        f"  12 fractional weight bits, 6 fractional activation bits; outputs a mean and a scale index per y element",
+        f"  12 fractional weight bits, 6 fractional activation bits; outputs a mean and a scale index per y element,",
+        f"  then per quality and channel an integer scale-index shift and a fixed-point mean gain",
         "- z prior: non-parametric factorized density (filters 3,3,3), frozen to integer tables at export",
         "- y: Gaussian with 64 log-spaced scales 0.11…256, one integer table each (24-bit precision)",
         f"- parameters: {parameter_count(weights):,}; weights file {file_bytes / 2**20:.1f} MiB "
@@ -54,7 +55,8 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "",
         "## Training",
         "Data: `../shared/datasets/train` (753 photos: BSDS500, Urban100, Sun-Hays 80, Set14, Set5, McMaster,",
-        "wallpapers), random downscale + 256 crops, random 128 patches and flips; 16 images held out for validation.",
+        "wallpapers), random downscale + 256 crops, random patches (size per round below) and flips; 16 images held",
+        "out for validation.",
         "Never Kodak. Loss λ·255²·MSE + bpp, each crop at a random level, weighted by (λ_mid/λ)^level_weighting;",
         "Adam, gradient clipping 1.0,",
         "learning rate ÷10 for the last 15% of steps; the z prior's quantiles by their own Adam.",
@@ -70,13 +72,26 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
                                        m=model["latent_channels"], h=model["hyper_channels"])
         if run.get("init"):  # the width comes from the weights fine-tuned
             command = command.split(" --channels")[0] + f" --device cpu --init {Path(run['init']).stem}"
+        if (run["patch"], run["batch"]) != (128, 8):
+            command += f" --patch {run['patch']} --batch {run['batch']}"
         command = command.replace("--out runs/default", f"--out {Path(round_info['run']).as_posix().split('/main/')[-1]}")
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "
                      f"`{command}` |")
         if run.get("notes"):
             lines.append(f"|   | note: {run['notes']} | | | | | |")
-    lines += ["", "Export: `vaecodec export runs/default -o pretrained/" + name + ".pt`", ""]
+    lines += ["", "Export: `vaecodec export RUN_DIR -o pretrained/" + name + ".pt` (appends the round to the history).", ""]
+    if rounds:
+        lines += ["Kodak after each round (from `benchmarks/results/rounds.json`, written by `python -m benchmarks.rounds`"
+                  " after each full `benchmarks.rd` run):", "",
+                  "| round | weights hash | bpp q1…q8 | PSNR q1…q8 (dB) | BD-rate vs JPEG 4:2:0 | vs WebP | vs HEVC 4:4:4 |",
+                  "|---|---|---|---|---|---|---|"]
+        for entry in rounds:
+            bd = entry["bd_rate_psnr_percent"]
+            lines.append(f"| {entry['round']} | {entry['model_hash']} | {entry['bpp'][0]:.3f}…{entry['bpp'][1]:.3f} | "
+                         f"{entry['psnr'][0]:.2f}…{entry['psnr'][1]:.2f} | {_percent(bd.get('jpeg-420'))} | "
+                         f"{_percent(bd.get('webp'))} | {_percent(bd.get('heic-444'))} |")
+        lines.append("")
 
     points = {p["setting"]: p for p in rd["codecs"].get("vaecodec", {}).get("points", [])}
     lines += [
@@ -123,7 +138,7 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
     if fp16_check.exists():
         lines += ["", "Storing the transforms in fp16 instead of fp32 (5 Kodak images × qualities 1, 4, 8, same run "
                   f"exported both ways, `python -m benchmarks.fp16_check`): {fp16_check.read_text().strip()}."]
-    lines += ["", "Regenerate: `make bench` (writes benchmarks/results/), then `python -m benchmarks.model_card`.", ""]
+    lines += ["", "Regenerate: `make bench` (writes benchmarks/results/, records the round, writes this card).", ""]
     return "\n".join(lines)
 
 
@@ -139,7 +154,9 @@ def main(model, results):
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
     with (results / "rd_per_image.csv").open() as file:
         per_image = list(csv.DictReader(file))
-    card = render(weights["name"], weights, model_hash.hex(), path.stat().st_size, rd, speed, per_image)
+    rounds_path = results / "rounds.json"
+    rounds = json.loads(rounds_path.read_text()) if rounds_path.exists() else []
+    card = render(weights["name"], weights, model_hash.hex(), path.stat().st_size, rd, speed, per_image, rounds)
     card_path = path.with_suffix(".md")
     card_path.write_text(card)
     click.echo(f"wrote {card_path}")

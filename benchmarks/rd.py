@@ -289,6 +289,15 @@ def build_summary(rows, skipped, errors, published, published_missing, run_info)
 # ---- writing ----
 
 
+def _shipped_model_identity() -> dict:
+    """Name and hash of the default weights, so results can be tied to the model that produced them."""
+    from vaecodec.zoo import read_weights, weights_path
+
+    weights, model_hash = read_weights(weights_path("default"))
+    return {"name": weights["name"], "hash": model_hash.hex(),
+            "training_rounds": len(weights.get("training", {}).get("rounds", []))}
+
+
 def write_per_image_csv(rows: list[dict], path: Path) -> None:
     with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
@@ -459,6 +468,7 @@ def main(data_dir, anchors_dir, out_dir, quick, workers, codec_list, image_limit
         "threads_per_worker": 1,
         "wall_s": wall_s,
         "codecs_requested": codec_names,
+        "vaecodec_model": _shipped_model_identity(),
     }
     summary = build_summary(rows, skipped, errors, published, published_missing, run_info)
 
