@@ -1,6 +1,7 @@
 """The codec core with the shipped default model: round trips, rate, determinism, image policy."""
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 import vaecodec
+import vaecodec.zoo
 from vaecodec import container
 from vaecodec.errors import InvalidFile, ModelMismatch, UnsupportedImage, UsageError
 from vaecodec.latents import Latents
@@ -255,3 +257,23 @@ def test_tiled_transforms_match_untiled(codec):
         x_hat_tiled = run_tiled(codec.g_s, y, 1, 16, tile=4, halo=4)
     assert y_tiled.shape == y.shape and x_hat_tiled.shape == x_hat.shape
     assert torch.allclose(y_tiled, y, atol=1e-4) and torch.allclose(x_hat_tiled, x_hat, atol=1e-4)
+
+
+def test_files_of_an_earlier_release_stay_decodable(codec, tmp_path, monkeypatch):
+    """Export replaces a weights file: the replaced release moves to archive/ and still decodes its files."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copyfile(vaecodec.zoo.weights_path("default"), models / "mshp-n64.pt")
+    monkeypatch.setenv("VAECODEC_MODEL_PATH", str(models))
+    old = vaecodec.load("mshp-n64", device="cpu")
+    data = old.compress(crop(14, 64, 64), 4)
+    archived = vaecodec.zoo.archive_release(models / "mshp-n64.pt")
+    weights, _ = vaecodec.zoo.read_weights(models / "mshp-n64.pt")
+    weights["gain"] = weights["gain"] * 1.01  # a retrained release: other bytes, other hash
+    vaecodec.zoo.save_weights({k: v for k, v in weights.items() if k != "format"}, models / "mshp-n64.pt")
+    new = vaecodec.load("mshp-n64", device="cpu")
+    assert new.model_hash != old.model_hash and archived.name == f"mshp-n64-{old.model_hash.hex()}.pt"
+    with pytest.raises(ModelMismatch, match=f"--model mshp-n64@{old.model_hash.hex()}"):
+        new.decompress(data)
+    again = vaecodec.load(f"mshp-n64@{old.model_hash.hex()}", device="cpu")
+    assert np.array_equal(np.asarray(again.decompress(data)), np.asarray(old.decompress(data)))

@@ -25,7 +25,7 @@ from .integer_net import ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, IntegerHyper
 from .latents import Latents
 from .model import STRIDE, HyperpriorVAE, ModelConfig
 from .tiling import run_tiled
-from .zoo import read_weights, weights_path
+from .zoo import installed_release, read_weights, weights_path
 
 Y_STRIDE = 16  # downsampling of y; z is at STRIDE
 
@@ -91,9 +91,11 @@ class Codec:
 
     def _check_model(self, header: ImageHeader, what: str):
         if header.model_hash != self.model_hash or header.model_name != self.model_name:
+            release = installed_release(header.model_name, header.model_hash)
+            hint = f"; decode it with --model {release} (vaecodec.load('{release}'))" if release else ""
             raise ModelMismatch(
                 f"{what} was written by model {header.model_name} ({header.model_hash.hex()}), "
-                f"not the loaded {self.model_name} ({self.model_hash.hex()})")
+                f"not the loaded {self.model_name} ({self.model_hash.hex()}){hint}")
 
     # -- transforms (batched) ---------------------------------------------------------------------------------
     def _per_image(self, transform, *batched):

@@ -15,11 +15,14 @@ A weights file ``pretrained/<name>.pt`` is a plain dict of tensors, strings and 
     training          dict with the training history (informational)
 
 The model hash written into .vae files is the first 4 bytes of the SHA-256 of the file, so a .vae file is
-only decoded by exactly the weights that wrote it.
+only decoded by exactly the weights that wrote it. Earlier releases of a model stay installed, byte for byte,
+as ``pretrained/archive/<name>-<hash>.pt`` (``vaecodec export`` moves the file it replaces there), and
+``"<name>@<hash>"`` loads them: a newer model never makes older .vae files undecodable.
 """
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,6 +32,7 @@ from .errors import ModelNotFound, InvalidFile
 WEIGHTS_FORMAT = "vaecodec-weights/1"
 ALIASES = {"default": "mshp-n64"}
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+ARCHIVE = "archive"  # sub-folder of a weights folder holding earlier releases, named <name>-<hash>.pt
 
 
 def search_dirs() -> list:
@@ -42,16 +46,44 @@ def search_dirs() -> list:
     return dirs + [PRETRAINED_DIR]
 
 
+def file_hash(path: Path) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()[:4]
+
+
 def weights_path(name: str) -> Path:
-    """Resolve a model name, an alias like "default", or a path to a .pt file."""
+    """Resolve a model name, an alias like "default", "name@hash" (that exact release), or a .pt path."""
     if name.endswith(".pt") and Path(name).is_file():
         return Path(name)
-    name = ALIASES.get(name, name)
+    base, _, wanted_hash = name.partition("@")
+    base = ALIASES.get(base, base)
     for directory in search_dirs():
-        candidate = directory / f"{name}.pt"
-        if candidate.is_file():
-            return candidate
+        candidates = [directory / f"{base}.pt"]
+        if wanted_hash:
+            candidates.append(directory / ARCHIVE / f"{base}-{wanted_hash}.pt")
+        for candidate in candidates:
+            if candidate.is_file() and (not wanted_hash or file_hash(candidate).hex() == wanted_hash.lower()):
+                return candidate
     raise ModelNotFound(f"model '{name}' not found (looked in {', '.join(str(d) for d in search_dirs())})")
+
+
+def installed_release(name: str, model_hash: bytes):
+    """"name@hash" if those exact weights are installed (current or archived), else None."""
+    reference = f"{name}@{model_hash.hex()}"
+    try:
+        weights_path(reference)
+    except ModelNotFound:
+        return None
+    return reference
+
+
+def archive_release(path: Path) -> Path:
+    """Copy a weights file about to be replaced to archive/<name>-<hash>.pt beside it; returns the copy."""
+    path = Path(path)
+    target = path.parent / ARCHIVE / f"{path.stem}-{file_hash(path).hex()}.pt"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return target
 
 
 def read_weights(path: Path) -> tuple:

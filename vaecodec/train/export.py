@@ -20,7 +20,7 @@ from ..entropy.tables import PRECISION
 from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, MEAN_GAIN_UNIT, SCALE_SHIFT_UNIT,
                            WEIGHT_FRAC_BITS)
 from ..model import HyperpriorVAE, ModelConfig
-from ..zoo import read_weights, save_weights
+from ..zoo import archive_release, read_weights, save_weights
 from .data import list_images, load_rgb, split_validation
 
 TRANSFORM_PREFIXES = ("g_a.", "g_s.", "h_a.")
@@ -137,6 +137,8 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     training = {"rounds": history}
     weights = build_weights(model, name, fp16, training)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.exists():  # files written by the release being replaced must stay decodable
+        archive_release(out_path)
     save_weights(weights, out_path)
 
     codec = Codec(*read_weights(out_path), torch.device("cpu"))
