@@ -40,6 +40,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
 
     from vaecodec.codec import resolve_device
     from vaecodec.model import ModelConfig
+    from vaecodec.train import checkpoint
     from vaecodec.train.loop import RunConfig, Trainer
 
     run_path = Path(run_dir)
@@ -47,7 +48,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None
     if resume:
-        if not (run_path / "checkpoint.pt").exists():
+        if not checkpoint.exists(run_path):
             raise UsageError(f"{run_dir} has no checkpoint to resume")
         saved = json.loads((run_path / "config.json").read_text())
         config = RunConfig(**{**saved, **overrides})
@@ -56,7 +57,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
     else:
         if not data_dirs:
             raise UsageError("--data is required for a new run")
-        if (run_path / "checkpoint.pt").exists():
+        if checkpoint.exists(run_path):
             raise UsageError(f"{run_dir} already holds a run: use --resume, or another --out")
         model = ModelConfig().to_dict()
         if init_weights:
@@ -90,7 +91,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
             bar.update(1, stats)
 
         trainer.run(progress)
-    click.echo(f"stopped at step {trainer.step}; checkpoint in {run_path / 'checkpoint.pt'}", err=True)
+    click.echo(f"stopped at step {trainer.step}; checkpoint in {checkpoint.location(run_path)}", err=True)
 
 
 @click.command()
@@ -107,10 +108,11 @@ def export(run_dir, output, name, fp32, verify_images):
     Example:
       vaecodec export runs/new -o pretrained/mshp-n64.pt
     """
+    from vaecodec.train import checkpoint
     from vaecodec.train.export import export_run
 
-    if not (Path(run_dir) / "checkpoint.pt").exists():
-        raise UsageError(f"{run_dir} has no checkpoint.pt")
+    if not checkpoint.exists(run_dir):
+        raise UsageError(f"{run_dir} has no checkpoint")
     report = export_run(run_dir, output, name=name, fp16=not fp32, verify_images=verify_images)
     click.echo(json.dumps(report, indent=2))
     if not report["symbols_identical"] or report["max_overhead"] > 0.01:

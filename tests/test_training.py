@@ -78,3 +78,25 @@ def test_export_loads_and_round_trips_and_can_seed_a_new_run(data_dir, tmp_path)
     for key, table in shipped["hyper_synthesis"].items():
         at_trained_levels = slice(None, None, 4) if key in ("scale_shift", "mean_gain") else slice(None)
         assert torch.equal(rebuilt[key][at_trained_levels], table[at_trained_levels]), key
+
+
+def test_checkpoints_are_split_into_small_parts_and_swapped_atomically(tmp_path, monkeypatch):
+    from vaecodec.train import checkpoint
+
+    monkeypatch.setattr(checkpoint, "PART_BYTES", 100_000)
+    first = {"step": 1, "weights": torch.randn(100_000)}
+    checkpoint.save(first, tmp_path)
+    parts = sorted(checkpoint.location(tmp_path).iterdir())
+    assert len(parts) >= 4 and all(part.stat().st_size <= 100_000 for part in parts)
+    second = {"step": 2, "weights": torch.randn(100_000)}
+    checkpoint.save(second, tmp_path)
+    # a save cut off after the old folder moved aside and before the new one moved in
+    (tmp_path / checkpoint.FOLDER).rename(tmp_path / checkpoint.PREVIOUS)
+    (tmp_path / checkpoint.PENDING).mkdir()
+    (tmp_path / checkpoint.PENDING / "part-000").write_bytes(b"half")
+    loaded = checkpoint.load(tmp_path)
+    assert loaded["step"] == 2 and torch.equal(loaded["weights"], second["weights"])
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save(first, legacy / checkpoint.LEGACY)  # runs from before the split
+    assert checkpoint.exists(legacy) and checkpoint.load(legacy)["step"] == 1

@@ -21,6 +21,7 @@ from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, MEAN_GAIN_
                            WEIGHT_FRAC_BITS)
 from ..model import HyperpriorVAE, ModelConfig
 from ..zoo import archive_release, read_weights, save_weights
+from .checkpoint import load as load_checkpoint
 from .data import list_images, load_rgb, split_validation
 
 TRANSFORM_PREFIXES = ("g_a.", "g_s.", "h_a.")
@@ -118,7 +119,7 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     """Export ``run_dir``'s checkpoint to ``out_path`` (a .pt file); returns a report dict."""
     run_dir, out_path = Path(run_dir), Path(out_path)
     config = json.loads((run_dir / "config.json").read_text())
-    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(run_dir)
     model = HyperpriorVAE(ModelConfig(**config["model"]))
     model.load_state_dict(checkpoint["model"])
     started = time.time()

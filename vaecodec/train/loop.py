@@ -1,7 +1,8 @@
 """The training run: optimizer, schedule, checkpoints, resume, logging and validation.
 
-A run lives in a folder: ``config.json`` (everything that defines the run), ``checkpoint.pt`` (model,
-optimizers, step, RNG states; written every ``checkpoint_minutes``, at the end, and on SIGINT/SIGTERM),
+A run lives in a folder: ``config.json`` (everything that defines the run), ``checkpoint/`` (model,
+optimizers, step, RNG states, in parts under 16 MB, see ``checkpoint.py``; written every
+``checkpoint_minutes``, at the end, and on SIGINT/SIGTERM),
 ``log.jsonl`` (one JSON object per logged step and per validation). ``--resume`` reloads the checkpoint and
 continues exactly where it stopped: same step, optimizer moments, learning rate and random streams.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..model import LAMBDAS, HyperpriorVAE, ModelConfig, rate_distortion_loss
+from . import checkpoint
 from .data import CropPool, list_images, split_validation, validation_crops
 
 
@@ -56,12 +58,6 @@ def describe_hardware(device: torch.device, threads: int) -> str:
     return f"{os.cpu_count()}-core CPU, {threads} threads"
 
 
-def _atomic_save(obj, path: Path):
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
 class Trainer:
     def __init__(self, run_dir, config: RunConfig, device="cpu", resume=False, init_state=None):
         self.run_dir = Path(run_dir)
@@ -97,7 +93,7 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self):
-        _atomic_save({
+        checkpoint.save({
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -106,10 +102,10 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }, self.run_dir / "checkpoint.pt")
+        }, self.run_dir)
 
     def _load_checkpoint(self):
-        state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=True)
+        state = checkpoint.load(self.run_dir, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.quantile_optimizer.load_state_dict(state["quantile_optimizer"])
