@@ -18,9 +18,10 @@ uses only those integers.
 
 The network is told the quality. y is multiplied by a per-level gain before coding, so the same z can stand
 for latents 10x larger or smaller; without the level, h_s predicts one compromise scale for all levels and the
-low qualities pay for it (measured on the first shipped model: q1 coded at 2.3x the entropy of its own
-symbols). Two small per-level, per-channel tables fix that exactly in integers: a shift of the scale-table
-position (a multiplicative scale factor, since the table is log-spaced) and a fixed-point gain of the mean.
+low qualities pay for it (measured on the round-2 model: q1 coded at 2.3x the entropy of its own symbols,
+and its predicted means were as large as the residuals they left). Two small per-level, per-channel tables
+let it adapt, exactly in integers: a shift of the scale-table position (a scale factor, since the table is
+log-spaced) and a fixed-point gain of the mean (round 3 learned gains of 0.19 at q1 to 0.60 at q8).
 """
 
 from dataclasses import dataclass
@@ -110,7 +111,8 @@ class HyperSynthesis(nn.Module):
         mean, scale_position = x.split(self.y_channels, dim=1)
         shift, mean_gain = self.level_tables(level, dtype)
         mean = round_half_up_ste(mean * mean_gain[:, :, None, None] * 2**ACTIVATION_FRAC_BITS)
-        mean, scale_position = (mean / 2**ACTIVATION_FRAC_BITS).float(), (scale_position + shift[:, :, None, None]).float()
+        mean = (mean / 2**ACTIVATION_FRAC_BITS).float()
+        scale_position = (scale_position + shift[:, :, None, None]).float()
         # lower_bound, not clamp: an element pushed below the smallest scale must still get the gradient that
         # raises its scale when its residuals grow, or it stays stuck at 0.11 paying ~18 bits per nonzero symbol
         scale_position = lower_bound(scale_position, 0.0).clamp(max=self.num_scales - 1)
