@@ -21,7 +21,7 @@ from .container import ImageHeader, quality_to_index
 from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_symbols, encode_symbols
 from .errors import InvalidFile, ModelMismatch, UsageError
 from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_image
-from .integer_net import ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, IntegerHyperSynthesis
+from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
 from .latents import Latents
 from .model import STRIDE, HyperpriorVAE, ModelConfig
 from .tiling import run_tiled
@@ -64,13 +64,8 @@ class Codec:
         model.load_state_dict({k: v.float() for k, v in weights["transforms"].items()}, strict=False)
         model = model.to(device).eval().to(memory_format=torch.channels_last)
         self.g_a, self.h_a, self.g_s = model.g_a, model.h_a, model.g_s
-        hyper_tables = dict(weights["hyper_synthesis"])
-        if "scale_shift" not in hyper_tables:  # weights from before h_s knew the quality: identity tables
-            shape = (container.QUALITY_LEVELS, self.config.latent_channels)
-            hyper_tables["scale_shift"] = torch.zeros(shape, dtype=torch.long)
-            hyper_tables["mean_gain"] = torch.full(shape, 2**MEAN_GAIN_FRAC_BITS, dtype=torch.long)
         self.hyper_synthesis = IntegerHyperSynthesis(
-            model.h_s.specs, hyper_tables, self.config.latent_channels, model.h_s.num_scales, device)
+            model.h_s.specs, weights["hyper_synthesis"], self.config.latent_channels, model.h_s.num_scales, device)
         self.gain = weights["gain"].float().to(device)
         self.inverse_gain = weights["inverse_gain"].float().to(device)
         self.z_offsets = weights["z_offsets"].float().to(device)

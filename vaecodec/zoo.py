@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from .container import QUALITY_LEVELS
 from .errors import ModelNotFound, InvalidFile
+from .integer_net import MEAN_GAIN_FRAC_BITS
 
 WEIGHTS_FORMAT = "vaecodec-weights/1"
 ALIASES = {"default": "mshp-n64"}
@@ -95,7 +97,18 @@ def read_weights(path: Path) -> tuple:
         raise InvalidFile(f"{path}: not a readable vaecodec weights file ({error.__class__.__name__})") from None
     if not isinstance(weights, dict) or weights.get("format") != WEIGHTS_FORMAT:
         raise InvalidFile(f"{path}: not a {WEIGHTS_FORMAT} file")
+    _add_identity_quality_tables(weights)
     return weights, hashlib.sha256(data).digest()[:4]
+
+
+def _add_identity_quality_tables(weights: dict):
+    """Weights from before h_s knew the quality (round 1 and 2 releases) lack its per-quality tables; the
+    identity tables (no scale shift, mean gain 1) reproduce exactly what those weights computed."""
+    hyper = weights.get("hyper_synthesis")
+    if isinstance(hyper, dict) and "scale_shift" not in hyper:
+        shape = (QUALITY_LEVELS, weights["config"]["latent_channels"])
+        hyper["scale_shift"] = torch.zeros(shape, dtype=torch.long)
+        hyper["mean_gain"] = torch.full(shape, 2**MEAN_GAIN_FRAC_BITS, dtype=torch.long)
 
 
 def save_weights(weights: dict, path: Path):

@@ -80,20 +80,19 @@ def model_from_weights(weights: dict) -> HyperpriorVAE:
     model = HyperpriorVAE(ModelConfig(**weights["config"]))
     state = {k: v.float() for k, v in weights["transforms"].items()}
     state.update({f"z_prior.{k}": v for k, v in weights["z_prior"].items()})
-    for i, spec in enumerate(model.h_s.specs):
-        state[f"h_s.convs.{i}.weight"] = weights["hyper_synthesis"][f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS
-        bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
-        state[f"h_s.convs.{i}.bias"] = weights["hyper_synthesis"][f"layer{i}.bias"].double() / bias_unit
-    steps_per_level = round(1 / QUALITY_STEP)
     hyper = weights["hyper_synthesis"]
-    if "scale_shift" in hyper:  # weights from before the per-level tables start from the identity
-        state["h_s.level_scale_shift"] = hyper["scale_shift"][::steps_per_level].double() / (
-            2**ACTIVATION_FRAC_BITS * SCALE_SHIFT_UNIT)
-        state["h_s.level_log_mean_gain"] = (hyper["mean_gain"][::steps_per_level].double()
-                                            / 2**MEAN_GAIN_FRAC_BITS).log() / MEAN_GAIN_UNIT
+    for i, spec in enumerate(model.h_s.specs):
+        state[f"h_s.convs.{i}.weight"] = hyper[f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS
+        bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
+        state[f"h_s.convs.{i}.bias"] = hyper[f"layer{i}.bias"].double() / bias_unit
+    steps_per_level = round(1 / QUALITY_STEP)
+    state["h_s.level_scale_shift"] = hyper["scale_shift"][::steps_per_level].double() / (
+        2**ACTIVATION_FRAC_BITS * SCALE_SHIFT_UNIT)
+    state["h_s.level_log_mean_gain"] = (hyper["mean_gain"][::steps_per_level].double()
+                                        / 2**MEAN_GAIN_FRAC_BITS).log() / MEAN_GAIN_UNIT
     state["log_gain"] = weights["gain"][::steps_per_level].log()
     state["log_inverse_gain"] = weights["inverse_gain"][::steps_per_level].log()
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict="h_s.level_scale_shift" in state)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
     return model
 
 
