@@ -97,8 +97,9 @@ class Codec:
         """Run a batched transform; on the CPU one image at a time.
 
         oneDNN chooses kernels by batch size, and their last-bit float differences can flip a rounded y symbol
-        or an output pixel. Running images singly keeps the bytes and pixels independent of the batch size,
-        and costs nothing: batching gains no speed on a CPU (benchmarks/results/speed.md).
+        or an output pixel. Running images singly keeps the bytes and pixels independent of the batch size;
+        on a CPU, batching the transforms was measured no faster (the batch API's gain there comes from
+        overlapping entropy coding, see benchmarks/results/speed.md).
         """
         if self.device.type == "cuda":
             return transform(*batched)
