@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from vaecodec.model import LAMBDAS, ModelConfig
 from vaecodec.zoo import read_weights, weights_path
 
 CARD_CODECS = {"jpeg-420": "JPEG 4:2:0", "webp": "WebP", "avif-444": "AVIF 4:4:4", "heic-444": "HEVC intra 4:4:4"}
@@ -50,8 +51,8 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "- y: Gaussian with 64 log-spaced scales 0.11…256, one integer table each (24-bit precision)",
         f"- parameters: {parameter_count(weights):,}; weights file {file_bytes / 2**20:.1f} MiB "
         f"(transforms fp16), hash {model_hash}",
-        "- qualities 1…8 in steps of 0.25; trained λ (MSE on 0–255): 0.0018, 0.0035, 0.0067, 0.0130, 0.0250, "
-        "0.0483, 0.0932, 0.1800",
+        "- qualities 1…8 in steps of 0.25; trained λ (MSE on 0–255) of qualities 1…8: "
+        + ", ".join(f"{v:.4g}" for v in ModelConfig(**config).lambdas),
         "",
         "## Training",
         "Data: `../shared/datasets/train` (753 photos: BSDS500, Urban100, Sun-Hays 80, Set14, Set5, McMaster,",
@@ -64,6 +65,7 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "| round | steps | patch × batch | learning rate | hardware | wall time | command |",
         "|---|---|---|---|---|---|---|",
     ]
+    rounds_model = [r["config"]["model"] for r in weights.get("training", {}).get("rounds", [])]
     for number, round_info in enumerate(weights.get("training", {}).get("rounds", []), start=1):
         run = round_info["config"]
         model = run["model"]
@@ -74,6 +76,9 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
             command = command.split(" --channels")[0] + f" --device cpu --init {Path(run['init']).stem}"
         if (run["patch"], run["batch"]) != (128, 8):
             command += f" --patch {run['patch']} --batch {run['batch']}"
+        previous_ladder = ModelConfig(**rounds_model[number - 2]).lambdas if number > 1 else LAMBDAS
+        if tuple(model.get("lambdas", LAMBDAS)) != previous_ladder:  # this round chose its own ladder
+            command += " --lambdas " + ",".join(f"{v:g}" for v in model["lambdas"])
         command = command.replace("--out runs/default", f"--out {Path(round_info['run']).as_posix().split('/main/')[-1]}")
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "

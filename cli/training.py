@@ -24,8 +24,11 @@ from vaecodec.errors import UsageError
 @click.option("--channels", type=int, default=None, help="Model width N (new runs only).")
 @click.option("--latent-channels", type=int, default=None, help="Channels of y (new runs only).")
 @click.option("--hyper-channels", type=int, default=None, help="Channels of z (new runs only).")
+@click.option("--lambdas", default=None,
+              help="Comma-separated λ of the 8 levels, lowest first (new runs, --init too; default: the init "
+                   "model's, else CompressAI's 0.0018…0.18).")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, device, resume, init_weights,
-          channels, latent_channels, hyper_channels):
+          channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -35,6 +38,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
       vaecodec train --data ../shared/datasets/train --out runs/new --steps 20000
       vaecodec train --out runs/new --resume
       vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
+      vaecodec train --data ../shared/datasets/train --out runs/r4 --init default \\
+          --lambdas 0.0004,0.001,0.0025,0.0065,0.017,0.045,0.115,0.3
     """
     import torch
 
@@ -48,6 +53,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None
     if resume:
+        if lambdas is not None:
+            raise UsageError("--lambdas is fixed when a run starts; it cannot change on --resume")
         if not checkpoint.exists(run_path):
             raise UsageError(f"{run_dir} has no checkpoint to resume")
         saved = json.loads((run_path / "config.json").read_text())
@@ -74,6 +81,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
                 if init_weights:
                     raise UsageError("--init fixes the model width; drop --channels/--latent-channels")
                 model[key] = value
+        if lambdas is not None:
+            model["lambdas"] = _parse_lambdas(lambdas, model.get("levels", 8))
         config = RunConfig(data=[str(Path(d).resolve()) for d in data_dirs], model=model, **overrides)
 
     trainer = Trainer(run_path, config, device=str(resolve_device(device)), resume=resume, init_state=init_state)
@@ -92,6 +101,16 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
 
         trainer.run(progress)
     click.echo(f"stopped at step {trainer.step}; checkpoint in {checkpoint.location(run_path)}", err=True)
+
+
+def _parse_lambdas(text: str, levels: int) -> list:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--lambdas: {text!r} is not a comma-separated list of numbers") from None
+    if len(values) != levels or any(not v > 0 for v in values) or values != sorted(values):
+        raise UsageError(f"--lambdas needs {levels} positive values in increasing order, got {text!r}")
+    return values
 
 
 @click.command()

@@ -100,3 +100,26 @@ def test_checkpoints_are_split_into_small_parts_and_swapped_atomically(tmp_path,
     legacy.mkdir()
     torch.save(first, legacy / checkpoint.LEGACY)  # runs from before the split
     assert checkpoint.exists(legacy) and checkpoint.load(legacy)["step"] == 1
+
+
+def test_a_run_can_choose_its_lambda_ladder_and_the_weights_keep_it(data_dir, tmp_path):
+    ladder = (0.0004, 0.001, 0.0025, 0.0065, 0.017, 0.045, 0.115, 0.3)
+    config = tiny_config(data_dir, 3)
+    config.model = ModelConfig(8, 16, 8, lambdas=ladder).to_dict()
+    run_and_collect(Trainer(tmp_path / "run", config))
+    export_run(tmp_path / "run", tmp_path / "tiny.pt", verify_images=1)
+    assert model_from_weights(read_weights(tmp_path / "tiny.pt")[0]).config.lambdas == ladder
+    # weights from before the ladder was configurable train on CompressAI's
+    assert ModelConfig(**{k: v for k, v in ModelConfig().to_dict().items() if k != "lambdas"}).lambdas[0] == 0.0018
+    with pytest.raises(ValueError):
+        ModelConfig(lambdas=(0.1, 0.2))
+
+
+def test_the_loss_weighs_each_image_by_its_own_level_lambda():
+    from vaecodec.model import rate_distortion_loss
+
+    x = torch.zeros(2, 3, 8, 8)
+    output = {"x_hat": torch.full_like(x, 0.1), "y_likelihood": torch.ones(2, 1), "z_likelihood": torch.ones(2, 1)}
+    ladder = (1.0, 2.0)
+    loss = rate_distortion_loss(x, output, torch.tensor([0.0, 1.0]), ladder)["loss"]
+    assert loss.item() == pytest.approx((1.0 + 2.0) / 2 * 255**2 * 0.01)

@@ -25,9 +25,9 @@ from .entropy.gaussian import NUM_SCALES, GaussianConditional
 from .integer_net import HyperSynthesis
 from .layers import GDN, conv, deconv, interpolate_levels, round_ste
 
-# CompressAI's MSE lambda ladder for its 8 quality levels (distortion on 0-255 MSE).
+# CompressAI's MSE lambda ladder for its 8 quality levels (distortion on 0-255 MSE): the default, and the
+# ladder of every model whose weights predate ModelConfig.lambdas.
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
-LAMBDA_MID = math.exp(sum(math.log(v) for v in LAMBDAS) / len(LAMBDAS))  # geometric mean
 STRIDE = 64  # total downsampling of z: images are padded to a multiple of this
 
 
@@ -37,6 +37,12 @@ class ModelConfig:
     latent_channels: int = 128  # M: channels of y
     hyper_channels: int = 96  # channels of z and of the hyper transforms
     levels: int = len(LAMBDAS)
+    lambdas: tuple = LAMBDAS  # the rate-distortion trade-off each level trains for, one per level
+
+    def __post_init__(self):
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))  # JSON gives lists
+        if len(self.lambdas) != self.levels or any(v <= 0 for v in self.lambdas):
+            raise ValueError(f"need {self.levels} positive lambdas, got {self.lambdas}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +65,7 @@ class HyperpriorVAE(nn.Module):
         # log-domain gains keep them positive and make geometric interpolation linear
         # Start each level at the quantization step its lambda calls for (step ~ lambda^-1/2), so the levels
         # differ from the first step instead of after thousands of gain updates.
-        lambdas = torch.tensor(LAMBDAS[:config.levels], dtype=torch.float32)
+        lambdas = torch.tensor(config.lambdas, dtype=torch.float32)
         log_step = 0.5 * (lambdas.log() - lambdas.log().mean())
         self.log_gain = nn.Parameter(log_step[:, None].repeat(1, m))
         self.log_inverse_gain = nn.Parameter(-log_step[:, None].repeat(1, m))
@@ -88,7 +94,8 @@ class HyperpriorVAE(nn.Module):
         return {"x_hat": x_hat, "y_likelihood": y_likelihood, "z_likelihood": z_likelihood}
 
 
-def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor, level_weighting: float = 0.0) -> dict:
+def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor, lambdas: tuple,
+                         level_weighting: float = 0.0) -> dict:
     """lambda * 255^2 * MSE + bpp per image, averaged; also returns the parts for logging.
 
     Each image's objective is scaled by (lambda_mid / lambda) ** level_weighting before averaging. That leaves
@@ -99,7 +106,8 @@ def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor, lev
     bits = -(output["y_likelihood"].log2().flatten(1).sum(1) + output["z_likelihood"].log2().flatten(1).sum(1))
     bpp = bits / num_pixels
     mse = (output["x_hat"] - x).pow(2).flatten(1).mean(1)
-    lambdas = torch.tensor(LAMBDAS, device=x.device)[level.round().long()]
-    weights = (LAMBDA_MID / lambdas) ** level_weighting
-    loss = (weights * (lambdas * 255**2 * mse + bpp)).mean()
+    lambda_mid = math.exp(sum(math.log(v) for v in lambdas) / len(lambdas))  # geometric mean
+    lambda_of_image = torch.tensor(lambdas, device=x.device)[level.round().long()]
+    weights = (lambda_mid / lambda_of_image) ** level_weighting
+    loss = (weights * (lambda_of_image * 255**2 * mse + bpp)).mean()
     return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}

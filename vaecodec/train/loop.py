@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import LAMBDAS, HyperpriorVAE, ModelConfig, rate_distortion_loss
+from ..model import HyperpriorVAE, ModelConfig, rate_distortion_loss
 from . import checkpoint
 from .data import CropPool, list_images, split_validation, validation_crops
 
@@ -120,7 +120,7 @@ class Trainer:
     def train_step(self) -> dict:
         config = self.config
         x = self.pool.batch(self.step, config.batch, config.patch, self.generator)
-        levels = torch.randint(len(LAMBDAS), (config.batch,), generator=self.generator).float()
+        levels = torch.randint(self.model.config.levels, (config.batch,), generator=self.generator).float()
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         levels = levels.to(self.device)
         for group in self.optimizer.param_groups:
@@ -129,7 +129,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.model(x, levels)
         output = {k: v.float() for k, v in output.items()}
-        losses = rate_distortion_loss(x, output, levels, config.level_weighting)
+        losses = rate_distortion_loss(x, output, levels, self.model.config.lambdas, config.level_weighting)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -151,11 +151,11 @@ class Trainer:
         self.model.eval()
         x = self.validation.to(self.device).contiguous(memory_format=torch.channels_last)
         result = {"step": self.step, "validation": {}}
-        for level in range(len(LAMBDAS)):
+        for level in range(self.model.config.levels):
             levels = torch.full((len(x),), float(level), device=self.device)
             output = self.model(x, levels)
             output["x_hat"] = output["x_hat"].clamp(0, 1)
-            losses = rate_distortion_loss(x, output, levels)
+            losses = rate_distortion_loss(x, output, levels, self.model.config.lambdas)
             result["validation"][level + 1] = {
                 "bpp": round(losses["bpp"].item(), 4),
                 "psnr": round(10 * math.log10(1 / losses["mse"].item()), 3)}
