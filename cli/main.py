@@ -103,10 +103,11 @@ def default_batch_size(codec, batch_size):
 def model_options(command):
     """Options shared by the commands that run the model."""
     command = click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                           help="Images coded together; default 8 on a GPU, 1 on the CPU (where batching measured "
-                                "slower: benchmarks/results/speed.md).")(command)
+                           help="Images per forward pass on a GPU (default 8). On the CPU images are coded one "
+                                "per worker thread instead (see --workers).")(command)
     command = click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-                           help="Threads that read input files ahead of the model.")(command)
+                           help="Threads that read input files ahead of the model and entropy-code; on the CPU, "
+                                "images coded at once, each on its share of the cores.")(command)
     command = click.option("--model", default="default", show_default=True,
                            help="Name of the model weights to use.")(command)
     command = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -158,7 +159,7 @@ def compress(context, inputs, output, quality, force, device, model, workers, ba
         return len(data), len(data)
 
     outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
-                             lambda images: codec.iter_compress(images, quality=quality,
+                             lambda images: codec.iter_compress(images, quality=quality, workers=workers,
                                                                  batch_size=default_batch_size(codec, batch_size)),
                              lambda image: codec.compress(image, quality=quality))
     context.exit(finish(count, outcomes, save, "Compressing"))
@@ -210,7 +211,8 @@ def decompress(context, inputs, output, format_name, force, device, model, worke
         return job.target.stat().st_size, job.bytes_in
 
     outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
-                             lambda datas: codec.iter_decompress(datas, batch_size=default_batch_size(codec, batch_size)),
+                             lambda datas: codec.iter_decompress(datas, workers=workers,
+                                                                 batch_size=default_batch_size(codec, batch_size)),
                              codec.decompress)
     context.exit(finish(count, outcomes, save, "Decompressing"))
 

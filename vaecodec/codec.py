@@ -7,7 +7,9 @@ codes to the same bytes alone or in a batch.
 """
 
 import collections
+import contextlib
 import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,10 +44,18 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class Timings:
-    """Seconds spent in the last call, split so the bottleneck is visible."""
+    """Seconds spent so far, split so the bottleneck is visible (summed over threads when images are coded
+    in parallel, so the parts can exceed the wall time)."""
 
     transform: float = 0.0  # g_a, h_a, g_s
     entropy: float = 0.0  # range coding, with the integer h_s that gives the coder its tables
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    def add(self, part: str, seconds: float) -> None:
+        with self._lock:  # worker threads add concurrently
+            setattr(self, part, getattr(self, part) + seconds)
 
 
 def load(name: str = "default", device: str = "auto") -> "Codec":
@@ -98,8 +108,8 @@ class Codec:
 
         oneDNN chooses kernels by batch size, and their last-bit float differences can flip a rounded y symbol
         or an output pixel. Running images singly keeps the bytes and pixels independent of the batch size;
-        on a CPU, batching the transforms was measured no faster (the batch API's gain there comes from
-        overlapping entropy coding, see benchmarks/results/speed.md).
+        on a CPU, batching the transforms was measured no faster (the batch API's speed there comes from
+        coding several images at once in threads, see ``iter_compress``).
         """
         if self.device.type == "cuda":
             return transform(*batched)
@@ -165,10 +175,7 @@ class Codec:
 
     def _iter_analysed(self, images, quality: float, batch_size: int):
         """Yield (Latents, scale_index) per image; the scale indexes save the entropy coder a second h_s run."""
-        try:
-            quality_index = quality_to_index(float(quality))
-        except (TypeError, ValueError) as error:
-            raise UsageError(str(error)) from None
+        quality_index = quality_to_index_or_usage_error(quality)
         images = iter(images)
         while chunk := list(itertools.islice(images, max(1, batch_size))):
             opened = [open_image(image) for image in chunk]
@@ -178,7 +185,7 @@ class Codec:
                 x = torch.cat([pad(image_to_tensor(opened[i]), STRIDE) for i in members])
                 qualities = torch.full((len(members),), quality_index, dtype=torch.long, device=self.device)
                 z_symbols, y_symbols, scale_index = self._per_image(self._analyse, x, qualities)
-                self.timings.transform += time.perf_counter() - started
+                self.timings.add("transform", time.perf_counter() - started)
                 for row, i in enumerate(members):
                     image = opened[i]
                     header = ImageHeader(self.model_name, self.model_hash, quality_index, image.mode, *image.size)
@@ -206,7 +213,7 @@ class Codec:
                 for row, i in enumerate(members):
                     header = chunk[i].header
                     results[i] = tensor_to_image(x_hat[row, :, :header.height, :header.width], header.mode)
-                self.timings.transform += time.perf_counter() - started
+                self.timings.add("transform", time.perf_counter() - started)
             yield from results
 
     # -- public API: files ------------------------------------------------------------------------------------
@@ -214,7 +221,7 @@ class Codec:
         """Entropy-code latents into a .vae file."""
         started = time.perf_counter()
         scale_index = self._scale_index(latents.z_symbols, latents.header.quality_index)
-        self.timings.entropy += time.perf_counter() - started
+        self.timings.add("entropy", time.perf_counter() - started)
         return self._pack((latents, scale_index))
 
     def _pack(self, analysed: tuple) -> bytes:
@@ -222,7 +229,7 @@ class Codec:
         started = time.perf_counter()
         payload = self._entropy_encode(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64),
                                        scale_index)
-        self.timings.entropy += time.perf_counter() - started
+        self.timings.add("entropy", time.perf_counter() - started)
         return container.pack(latents.header, payload)
 
     def bytes_to_latents(self, data: bytes) -> Latents:
@@ -231,7 +238,7 @@ class Codec:
         self._check_model(header, ".vae file")
         started = time.perf_counter()
         z_symbols, y_symbols = self._entropy_decode(payload, header)
-        self.timings.entropy += time.perf_counter() - started
+        self.timings.add("entropy", time.perf_counter() - started)
         return Latents(header, z_symbols.astype(np.int16), y_symbols.astype(np.int16))
 
     def header(self, data: bytes) -> ImageHeader:
@@ -249,27 +256,41 @@ class Codec:
         return self.decode_latents(self.bytes_to_latents(data))
 
     def iter_compress(self, images, quality: float = 4.0, batch_size: int = 8, workers: int = 2):
-        """Yield .vae bytes for each image, in order.
+        """Yield .vae bytes for each image, in order; images (PIL images or paths) are read lazily.
 
-        Images are read lazily, ``batch_size`` at a time; ``workers`` threads entropy-code finished latents
-        while the transforms run on the next batch.
+        On a GPU the transforms run on ``batch_size`` images at a time while ``workers`` threads entropy-code
+        the previous batch. On a CPU, ``workers`` threads each code whole images, each with its share of
+        torch's threads (see ``_threads_shared_by``): one thread per image keeps both cores of a small machine
+        busy with less synchronisation than two threads on one image. Bytes are the same either way.
         """
+        quality_to_index_or_usage_error(quality)
+        if self.device.type == "cpu":
+            with ThreadPoolExecutor(max(1, workers)) as pool, _threads_shared_by(workers):
+                yield from _in_order(pool, lambda image: self.compress(image, quality), images, ahead=2 * workers)
+            return
         with ThreadPoolExecutor(max(1, workers)) as pool:
             yield from _in_order(pool, self._pack, self._iter_analysed(images, quality, batch_size),
                                  ahead=2 * batch_size)
 
     def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2):
-        """Yield images for each .vae file's bytes, in order; parsing and entropy decoding run ahead in
-        ``workers`` threads while the synthesis transform decodes batches."""
+        """Yield images for each .vae file's bytes, in order.
+
+        On a GPU, parsing and entropy decoding run ahead in ``workers`` threads while the synthesis transform
+        decodes batches; on a CPU, ``workers`` threads each decode whole files, as in ``iter_compress``.
+        """
+        if self.device.type == "cpu":
+            with ThreadPoolExecutor(max(1, workers)) as pool, _threads_shared_by(workers):
+                yield from _in_order(pool, self.decompress, datas, ahead=2 * workers)
+            return
         with ThreadPoolExecutor(max(1, workers)) as pool:
             latents = _in_order(pool, self.bytes_to_latents, datas, ahead=2 * batch_size)
             yield from self.iter_decode_latents(latents, batch_size)
 
-    def compress_batch(self, images, quality: float = 4.0, batch_size: int = 8) -> list:
-        return list(self.iter_compress(images, quality, batch_size))
+    def compress_batch(self, images, quality: float = 4.0, batch_size: int = 8, workers: int = 2) -> list:
+        return list(self.iter_compress(images, quality, batch_size, workers))
 
-    def decompress_batch(self, datas, batch_size: int = 8) -> list:
-        return list(self.iter_decompress(datas, batch_size))
+    def decompress_batch(self, datas, batch_size: int = 8, workers: int = 2) -> list:
+        return list(self.iter_decompress(datas, batch_size, workers))
 
     def estimated_bits(self, latents: Latents) -> float:
         """The model's information content of the latents (sum of -log2 p under the frozen tables)."""
@@ -277,6 +298,29 @@ class Codec:
         z_bits = self.z_tables.estimated_bits(latents.z_symbols, self._z_table_index(latents.z_symbols.shape))
         y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index)
         return z_bits + y_bits
+
+
+def quality_to_index_or_usage_error(quality) -> int:
+    try:
+        return quality_to_index(float(quality))
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+
+
+@contextlib.contextmanager
+def _threads_shared_by(workers: int):
+    """Split torch's CPU threads among ``workers`` threads that each run whole images.
+
+    torch's thread count is process-wide, so it is lowered for the duration and restored afterwards (when a
+    batch iterator finishes or is closed). Bytes and pixels do not depend on it: the tests code the same image
+    with 1 and 2 threads and compare.
+    """
+    total = torch.get_num_threads()
+    torch.set_num_threads(max(1, total // max(1, workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(total)
 
 
 def _in_order(pool, function, items, ahead: int):
