@@ -277,3 +277,20 @@ def test_files_of_an_earlier_release_stay_decodable(codec, tmp_path, monkeypatch
         new.decompress(data)
     again = vaecodec.load(f"mshp-n64@{old.model_hash.hex()}", device="cpu")
     assert np.array_equal(np.asarray(again.decompress(data)), np.asarray(old.decompress(data)))
+
+
+def test_cpu_batch_workers_share_the_threads_and_give_them_back(codec):
+    images = [crop(index, 48, 32) for index in range(1, 6)]
+    alone = [codec.compress(image, 2) for image in images]
+    threads = torch.get_num_threads()
+    seen = []
+    stream = codec.iter_compress(iter(images), 2, workers=2)
+    first = next(stream)
+    seen.append(torch.get_num_threads())  # while the iterator runs: each worker's share
+    assert [first, *stream] == alone
+    assert seen == [max(1, threads // 2)] and torch.get_num_threads() == threads
+    stream = codec.iter_decompress(alone, workers=3)
+    next(stream)
+    stream.close()  # a consumer that stops early gets its threads back too
+    assert torch.get_num_threads() == threads
+    assert codec.compress_batch(images, 2, workers=1) == alone
