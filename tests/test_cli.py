@@ -365,3 +365,10 @@ def test_demo_writes_both_files_and_reports_psnr(small_png, tmp_path):
     assert result.exit_code == 0, result.output
     assert files_in(tmp_path / "demo") == {"photo.vae", "photo.decoded.png"}
     assert "PSNR" in result.stdout and "bpp" in result.stdout
+
+
+@pytest.mark.parametrize("ladder", ["1,2", "a,b,c,d,e,f,g,h", "8,7,6,5,4,3,2,1", "0,1,2,3,4,5,6,7"])
+def test_train_refuses_a_bad_lambda_ladder_before_starting(tmp_path, ladder):
+    result = run("train", "--data", tmp_path, "--out", tmp_path / "run", "--lambdas", ladder)
+    assert result.exit_code == 2 and "--lambdas" in result.output
+    assert not (tmp_path / "run").exists()
