@@ -25,8 +25,9 @@ from vaecodec.errors import UsageError
 @click.option("--latent-channels", type=int, default=None, help="Channels of y (new runs only).")
 @click.option("--hyper-channels", type=int, default=None, help="Channels of z (new runs only).")
 @click.option("--lambdas", default=None,
-              help="Comma-separated λ of the 8 levels, lowest first (new runs, --init too; default: the init "
-                   "model's, else CompressAI's 0.0018…0.18).")
+              help="Comma-separated λ of the 8 levels, lowest first (new runs; with --init the per-level "
+                   "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
+                   "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, device, resume, init_weights,
           channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
@@ -67,22 +68,26 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
         if checkpoint.exists(run_path):
             raise UsageError(f"{run_dir} already holds a run: use --resume, or another --out")
         model = ModelConfig().to_dict()
+        ladder = _parse_lambdas(lambdas, model["levels"]) if lambdas is not None else None
         if init_weights:
             from vaecodec.train.export import model_from_weights
+            from vaecodec.train.ladder import with_lambdas
             from vaecodec.zoo import read_weights, weights_path
 
             path = weights_path(init_weights)
             pretrained = model_from_weights(read_weights(path)[0])
+            if ladder is not None:  # start each level's tables near where the new lambda wants them
+                pretrained = with_lambdas(pretrained, ladder)
             model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
             overrides["init"] = str(path)
+        elif ladder is not None:
+            model["lambdas"] = ladder
         for key, value in (("channels", channels), ("latent_channels", latent_channels),
                            ("hyper_channels", hyper_channels)):
             if value is not None:
                 if init_weights:
                     raise UsageError("--init fixes the model width; drop --channels/--latent-channels")
                 model[key] = value
-        if lambdas is not None:
-            model["lambdas"] = _parse_lambdas(lambdas, model.get("levels", 8))
         config = RunConfig(data=[str(Path(d).resolve()) for d in data_dirs], model=model, **overrides)
 
     trainer = Trainer(run_path, config, device=str(resolve_device(device)), resume=resume, init_state=init_state)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import vaecodec
-from vaecodec.model import ModelConfig
+from vaecodec.model import HyperpriorVAE, ModelConfig
 from vaecodec.train.export import export_run, level_of_quality, model_from_weights
 from vaecodec.train.loop import RunConfig, Trainer
 from vaecodec.zoo import read_weights
@@ -123,3 +123,29 @@ def test_the_loss_weighs_each_image_by_its_own_level_lambda():
     ladder = (1.0, 2.0)
     loss = rate_distortion_loss(x, output, torch.tensor([0.0, 1.0]), ladder)["loss"]
     assert loss.item() == pytest.approx((1.0 + 2.0) / 2 * 255**2 * 0.01)
+
+
+def test_a_new_ladder_moves_the_per_level_tables_along_their_lines_in_log_lambda():
+    from vaecodec.train.ladder import PER_LEVEL_TABLES, resample_levels, with_lambdas
+
+    old = (0.001, 0.002, 0.004, 0.008)
+    new = (0.00025, 0.003, 0.008, 0.032)  # below, inside, on, and above the old ladder
+    log_old = torch.tensor(old, dtype=torch.float64).log()
+
+    def line(log_lambda):  # two channels, each a straight line in log lambda
+        return torch.stack([0.5 * log_lambda + 1, -0.25 * log_lambda])
+
+    table = torch.stack([line(v) for v in log_old])
+    moved = resample_levels(table, old, new)
+    expected = torch.stack([line(v) for v in torch.tensor(new, dtype=torch.float64).log()])
+    assert torch.allclose(moved, expected, atol=1e-9)
+
+    model = HyperpriorVAE(ModelConfig(8, 16, 8))
+    ladder = tuple(v * 0.5 for v in model.config.lambdas)
+    retargeted = with_lambdas(model, ladder)
+    assert retargeted.config.lambdas == ladder
+    for name, value in model.state_dict().items():
+        if name not in PER_LEVEL_TABLES:
+            assert torch.equal(retargeted.state_dict()[name], value), name
+    # halving every lambda lowers every level's gain (coarser quantization, fewer bits)
+    assert (retargeted.log_gain.mean(1) < model.log_gain.mean(1)).all()
