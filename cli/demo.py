@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 import vaecodec
+from vaecodec.container import DEFAULT_QUALITY
 
 from .files import write_atomically
 from .main import Command, check_quality
@@ -27,7 +28,8 @@ def psnr(original, decoded) -> float:
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
-@click.option("-q", "--quality", type=float, default=4.0, show_default=True, callback=check_quality,
+@click.option("-q", "--quality", type=float, default=DEFAULT_QUALITY, show_default=True,
+              callback=check_quality,
               help="1 (smallest files) to 8 (best quality), in steps of 0.25.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where to write the .vae and decoded .png files.  [default: a new temporary directory]")

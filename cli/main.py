@@ -103,11 +103,10 @@ def default_batch_size(codec, batch_size):
 def model_options(command):
     """Options shared by the commands that run the model."""
     command = click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                           help="Images per forward pass on a GPU (default 8). On the CPU images are coded one "
-                                "per worker thread instead (see --workers).")(command)
+                           help="Images coded together; default 8 on a GPU, 1 on the CPU (where batching measured "
+                                "no faster: benchmarks/results/speed.md).")(command)
     command = click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-                           help="Threads that read input files ahead of the model and entropy-code; on the CPU, "
-                                "images coded at once, each on its share of the cores.")(command)
+                           help="Threads that read input files ahead of the model and entropy-code.")(command)
     command = click.option("--model", default="default", show_default=True,
                            help="Name of the model weights to use.")(command)
     command = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -120,7 +119,8 @@ def model_options(command):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output file for one input file; output directory for several inputs or a directory.")
-@click.option("-q", "--quality", type=float, default=4.0, show_default=True, callback=check_quality,
+@click.option("-q", "--quality", type=float, default=container.DEFAULT_QUALITY, show_default=True,
+              callback=check_quality,
               help="1 (smallest files) to 8 (best quality), in steps of 0.25.")
 @model_options
 @click.pass_context

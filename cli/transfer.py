@@ -1,7 +1,7 @@
 """The ``send`` and ``receive`` commands: compressed images over TCP, framed by ``vaecodec.stream``.
 
     vaecodec receive --listen 0.0.0.0:9000 --out received/
-    vaecodec send photos/ kodim23.png --to receiver-host:9000 -q 4
+    vaecodec send photos/ kodim23.png --to receiver-host:9000 -q 5
 
 ``send`` compresses each image (.vae files and latents go unchanged), sends everything over one connection,
 waits for each acknowledgement and exits non-zero unless every file was delivered. ``receive`` serves several
@@ -84,7 +84,8 @@ def expand_inputs(paths) -> list:
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--to", "address", required=True, type=Address(), help="The receiver, as HOST:PORT.")
-@click.option("-q", "--quality", default=4.0, show_default=True, callback=_check_quality,
+@click.option("-q", "--quality", default=container.DEFAULT_QUALITY, show_default=True,
+              callback=_check_quality,
               help="Quality for images (1 to 8 in steps of 0.25); .vae files and latents go unchanged.")
 @click.option("--model", default="default", show_default=True, help="Model that compresses the images.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

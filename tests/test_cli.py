@@ -300,7 +300,7 @@ def test_info_prints_the_header_without_the_model(tmp_path, compressed, monkeypa
         "model name": header.model_name,
         "model hash": header.model_hash.hex(),
         "format version": "1",
-        "quality": "4",
+        "quality": f"{container.DEFAULT_QUALITY:g}",
         "width": "96",
         "height": "64",
         "mode": "RGB",

@@ -7,7 +7,6 @@ codes to the same bytes alone or in a batch.
 """
 
 import collections
-import contextlib
 import itertools
 import threading
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from . import container
-from .container import ImageHeader, quality_to_index
+from .container import DEFAULT_QUALITY, ImageHeader, quality_to_index
 from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_symbols, encode_symbols
 from .errors import InvalidFile, ModelMismatch, UsageError
 from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_image
@@ -44,8 +43,8 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class Timings:
-    """Seconds spent so far, split so the bottleneck is visible (summed over threads when images are coded
-    in parallel, so the parts can exceed the wall time)."""
+    """Seconds spent so far, split so the bottleneck is visible (entropy coding runs in worker threads
+    during batches, so the parts can add up to more than the wall time)."""
 
     transform: float = 0.0  # g_a, h_a, g_s
     entropy: float = 0.0  # range coding, with the integer h_s that gives the coder its tables
@@ -108,8 +107,8 @@ class Codec:
 
         oneDNN chooses kernels by batch size, and their last-bit float differences can flip a rounded y symbol
         or an output pixel. Running images singly keeps the bytes and pixels independent of the batch size;
-        on a CPU, batching the transforms was measured no faster (the batch API's speed there comes from
-        coding several images at once in threads, see ``iter_compress``).
+        on a CPU, batching the transforms was measured no faster (the batch API's gain there comes from
+        overlapping entropy coding, see benchmarks/results/speed.md).
         """
         if self.device.type == "cuda":
             return transform(*batched)
@@ -165,7 +164,7 @@ class Codec:
         return z_symbols, y_symbols
 
     # -- public API: latents ----------------------------------------------------------------------------------
-    def encode_latents(self, image, quality: float = 4.0) -> Latents:
+    def encode_latents(self, image, quality: float = DEFAULT_QUALITY) -> Latents:
         """Quantized latents of one image (PIL image or path)."""
         return next(self._iter_analysed([image], quality, 1))[0]
 
@@ -175,7 +174,10 @@ class Codec:
 
     def _iter_analysed(self, images, quality: float, batch_size: int):
         """Yield (Latents, scale_index) per image; the scale indexes save the entropy coder a second h_s run."""
-        quality_index = quality_to_index_or_usage_error(quality)
+        try:
+            quality_index = quality_to_index(float(quality))
+        except (TypeError, ValueError) as error:
+            raise UsageError(str(error)) from None
         images = iter(images)
         while chunk := list(itertools.islice(images, max(1, batch_size))):
             opened = [open_image(image) for image in chunk]
@@ -247,7 +249,7 @@ class Codec:
         self._check_model(header, ".vae file")
         return header
 
-    def compress(self, image, quality: float = 4.0) -> bytes:
+    def compress(self, image, quality: float = DEFAULT_QUALITY) -> bytes:
         """One image (PIL image or path) -> bytes of a .vae file."""
         return self._pack(next(self._iter_analysed([image], quality, 1)))
 
@@ -255,38 +257,28 @@ class Codec:
         """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources)."""
         return self.decode_latents(self.bytes_to_latents(data))
 
-    def iter_compress(self, images, quality: float = 4.0, batch_size: int = 8, workers: int = 2):
-        """Yield .vae bytes for each image, in order; images (PIL images or paths) are read lazily.
+    def iter_compress(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
+                      workers: int = 2):
+        """Yield .vae bytes for each image, in order.
 
-        On a GPU the transforms run on ``batch_size`` images at a time while ``workers`` threads entropy-code
-        the previous batch. On a CPU, ``workers`` threads each code whole images, each with its share of
-        torch's threads (see ``_threads_shared_by``): one thread per image keeps both cores of a small machine
-        busy with less synchronisation than two threads on one image. Bytes are the same either way.
+        Images are read lazily, ``batch_size`` at a time; ``workers`` threads entropy-code finished latents
+        while the transforms run on the next batch. The transforms always run on all of torch's threads, as
+        one image at a time does: oneDNN's results can depend on the thread count, so batch and single
+        calls share it to give the same bytes and pixels by construction.
         """
-        quality_to_index_or_usage_error(quality)
-        if self.device.type == "cpu":
-            with ThreadPoolExecutor(max(1, workers)) as pool, _threads_shared_by(workers):
-                yield from _in_order(pool, lambda image: self.compress(image, quality), images, ahead=2 * workers)
-            return
         with ThreadPoolExecutor(max(1, workers)) as pool:
             yield from _in_order(pool, self._pack, self._iter_analysed(images, quality, batch_size),
                                  ahead=2 * batch_size)
 
     def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2):
-        """Yield images for each .vae file's bytes, in order.
-
-        On a GPU, parsing and entropy decoding run ahead in ``workers`` threads while the synthesis transform
-        decodes batches; on a CPU, ``workers`` threads each decode whole files, as in ``iter_compress``.
-        """
-        if self.device.type == "cpu":
-            with ThreadPoolExecutor(max(1, workers)) as pool, _threads_shared_by(workers):
-                yield from _in_order(pool, self.decompress, datas, ahead=2 * workers)
-            return
+        """Yield images for each .vae file's bytes, in order; parsing and entropy decoding run ahead in
+        ``workers`` threads while the synthesis transform decodes batches."""
         with ThreadPoolExecutor(max(1, workers)) as pool:
             latents = _in_order(pool, self.bytes_to_latents, datas, ahead=2 * batch_size)
             yield from self.iter_decode_latents(latents, batch_size)
 
-    def compress_batch(self, images, quality: float = 4.0, batch_size: int = 8, workers: int = 2) -> list:
+    def compress_batch(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
+                       workers: int = 2) -> list:
         return list(self.iter_compress(images, quality, batch_size, workers))
 
     def decompress_batch(self, datas, batch_size: int = 8, workers: int = 2) -> list:
@@ -298,29 +290,6 @@ class Codec:
         z_bits = self.z_tables.estimated_bits(latents.z_symbols, self._z_table_index(latents.z_symbols.shape))
         y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index)
         return z_bits + y_bits
-
-
-def quality_to_index_or_usage_error(quality) -> int:
-    try:
-        return quality_to_index(float(quality))
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
-
-
-@contextlib.contextmanager
-def _threads_shared_by(workers: int):
-    """Split torch's CPU threads among ``workers`` threads that each run whole images.
-
-    torch's thread count is process-wide, so it is lowered for the duration and restored afterwards (when a
-    batch iterator finishes or is closed). Bytes and pixels do not depend on it: the tests code the same image
-    with 1 and 2 threads and compare.
-    """
-    total = torch.get_num_threads()
-    torch.set_num_threads(max(1, total // max(1, workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(total)
 
 
 def _in_order(pool, function, items, ahead: int):

@@ -28,6 +28,9 @@ MAGIC = b"VAE"
 FORMAT_VERSION = 1
 QUALITY_STEP = 0.25
 QUALITY_LEVELS = 29  # 1.0, 1.25, ..., 8.0
+# What a user gets without choosing. With the shipped model's wide λ ladder, quality 5 lands where quality 4
+# did before the ladder was widened (see the Kodak table in the model card).
+DEFAULT_QUALITY = 5.0
 MODES = ("RGB", "L")
 MAX_SIDE = 1 << 16
 MAX_PIXELS = 1 << 26  # 67 megapixels: bounds what a hostile header can make the decoder allocate

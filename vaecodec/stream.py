@@ -305,7 +305,7 @@ class Sender:
             self._codec = load(self._model, self._device)
         return self._codec
 
-    def send(self, item, quality: float = 4.0, name: str = None) -> Delivery:
+    def send(self, item, quality: float = container.DEFAULT_QUALITY, name: str = None) -> Delivery:
         """Send a PIL image or image path (compressed at ``quality``), a .vae file (path or bytes) or Latents.
 
         ``name`` defaults to the file name of a path ("" otherwise). .vae files and latents are validated,
