@@ -107,8 +107,7 @@ class Codec:
 
         oneDNN chooses kernels by batch size, and their last-bit float differences can flip a rounded y symbol
         or an output pixel. Running images singly keeps the bytes and pixels independent of the batch size;
-        on a CPU, batching the transforms was measured no faster (the batch API's gain there comes from
-        overlapping entropy coding, see benchmarks/results/speed.md).
+        on a CPU, batching the transforms was measured no faster (see benchmarks/results/speed.md).
         """
         if self.device.type == "cuda":
             return transform(*batched)
