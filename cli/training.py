@@ -39,8 +39,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
       vaecodec train --data ../shared/datasets/train --out runs/new --steps 20000
       vaecodec train --out runs/new --resume
       vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
-      vaecodec train --data ../shared/datasets/train --out runs/r4 --init default \\
-          --lambdas 0.0004,0.001,0.0025,0.0065,0.017,0.045,0.115,0.3
+      vaecodec train --data ../shared/datasets/train --out runs/round4 --init default \\
+          --lambdas 0.00015,0.00046293,0.0014287,0.0044092,0.013608,0.041996,0.12961,0.4
     """
     import torch
 
