@@ -65,7 +65,7 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "| round | steps | patch × batch | learning rate | hardware | wall time | command |",
         "|---|---|---|---|---|---|---|",
     ]
-    rounds_model = [r["config"]["model"] for r in weights.get("training", {}).get("rounds", [])]
+    previous_ladder = LAMBDAS
     for number, round_info in enumerate(weights.get("training", {}).get("rounds", []), start=1):
         run = round_info["config"]
         model = run["model"]
@@ -76,9 +76,10 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
             command = command.split(" --channels")[0] + f" --device cpu --init {Path(run['init']).stem}"
         if (run["patch"], run["batch"]) != (128, 8):
             command += f" --patch {run['patch']} --batch {run['batch']}"
-        previous_ladder = ModelConfig(**rounds_model[number - 2]).lambdas if number > 1 else LAMBDAS
-        if tuple(model.get("lambdas", LAMBDAS)) != previous_ladder:  # this round chose its own ladder
-            command += " --lambdas " + ",".join(f"{v:g}" for v in model["lambdas"])
+        ladder = ModelConfig(**model).lambdas
+        if ladder != previous_ladder:  # this round chose its own ladder
+            command += " --lambdas " + ",".join(f"{v:g}" for v in ladder)
+        previous_ladder = ladder
         command = command.replace("--out runs/default", f"--out {Path(round_info['run']).as_posix().split('/main/')[-1]}")
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "

@@ -134,10 +134,11 @@ def batch_throughput(codec, images: list, quality: float, settings) -> dict:
     over threads), after a warm-up. Also checks that every setting wrote the same bytes as one at a time."""
     codec.decompress_batch(codec.compress_batch(images[:1], quality=quality, batch_size=1), batch_size=1)
 
-    def measure(encode_all, decode_all) -> dict:
-        encode_result, encode = timed_call(codec, encode_all)
-        _, decode = timed_call(codec, lambda: decode_all(encode_result))
-        return {
+    def measure(encode_all, decode_all) -> tuple[list, dict]:
+        """The encoded files and the entry for one way of coding all the images."""
+        encoded, encode = timed_call(codec, encode_all)
+        _, decode = timed_call(codec, lambda: decode_all(encoded))
+        return encoded, {
             "images": len(images),
             "encode_images_per_s": len(images) / encode["total"],
             "decode_images_per_s": len(images) / decode["total"],
@@ -145,13 +146,13 @@ def batch_throughput(codec, images: list, quality: float, settings) -> dict:
             "decode_transform_s": decode["transform"], "decode_entropy_s": decode["entropy"],
         }
 
-    alone = [codec.compress(image, quality) for image in images]
-    results = {"one at a time": measure(lambda: [codec.compress(image, quality) for image in images],
-                                        lambda datas: [codec.decompress(data) for data in datas])}
+    results = {}
+    alone, results["one at a time"] = measure(lambda: [codec.compress(image, quality) for image in images],
+                                              lambda datas: [codec.decompress(data) for data in datas])
     for batch_size, workers in settings:
-        entry = measure(lambda: codec.compress_batch(images, quality, batch_size, workers),
-                        lambda datas: codec.decompress_batch(datas, batch_size, workers))
-        entry["same_bytes_as_one_at_a_time"] = codec.compress_batch(images, quality, batch_size, workers) == alone
+        encoded, entry = measure(lambda: codec.compress_batch(images, quality, batch_size, workers),
+                                 lambda datas: codec.decompress_batch(datas, batch_size, workers))
+        entry["same_bytes_as_one_at_a_time"] = encoded == alone
         results[f"batch {batch_size}, {workers} worker{'s' if workers > 1 else ''}"] = entry
     return results
 

@@ -8,10 +8,10 @@ channel's least-squares line beyond them; training then starts near every new le
 spending thousands of steps walking the gains there at Adam's pace.
 """
 
-import math
-
+import numpy as np
 import torch
 
+from ..layers import interpolate_levels
 from ..model import HyperpriorVAE, ModelConfig
 
 PER_LEVEL_TABLES = ("log_gain", "log_inverse_gain", "h_s.level_scale_shift", "h_s.level_log_mean_gain")
@@ -19,21 +19,15 @@ PER_LEVEL_TABLES = ("log_gain", "log_inverse_gain", "h_s.level_scale_shift", "h_
 
 def resample_levels(table: torch.Tensor, old_lambdas, new_lambdas) -> torch.Tensor:
     """Rows of a per-level table (L, C) trained at ``old_lambdas``, moved to ``new_lambdas`` (L', C)."""
-    old = torch.tensor([math.log(v) for v in old_lambdas], dtype=torch.float64)
+    old = np.log(old_lambdas)
+    new = np.log(new_lambdas)
     table = table.detach().to(torch.float64)
-    centred = old - old.mean()
+    centred = torch.from_numpy(old - old.mean())
     slope = (centred[:, None] * (table - table.mean(0))).sum(0) / centred.pow(2).sum()  # per channel
-    rows = []
-    for log_lambda in (math.log(v) for v in new_lambdas):
-        if log_lambda <= old[0]:
-            rows.append(table[0] + slope * (log_lambda - old[0]))
-        elif log_lambda >= old[-1]:
-            rows.append(table[-1] + slope * (log_lambda - old[-1]))
-        else:
-            upper = int(torch.searchsorted(old, torch.tensor(log_lambda, dtype=torch.float64)))
-            t = (log_lambda - old[upper - 1]) / (old[upper] - old[upper - 1])
-            rows.append((1 - t) * table[upper - 1] + t * table[upper])
-    return torch.stack(rows)
+    # fractional level of each new lambda, held at the end levels; beyond them, follow the slope
+    position = torch.from_numpy(np.interp(new, old, np.arange(len(old), dtype=np.float64)))
+    beyond = torch.from_numpy(new - np.clip(new, old[0], old[-1]))
+    return interpolate_levels(table, position) + beyond[:, None] * slope
 
 
 def with_lambdas(model: HyperpriorVAE, lambdas) -> HyperpriorVAE:
