@@ -25,6 +25,7 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks.rd --data ../shared/datasets/kodak
+	$(BIN)/python -m benchmarks.refine --data ../shared/datasets/kodak   # ~35 min on 2 cores
 	$(BIN)/python -m benchmarks.speed --data ../shared/datasets/kodak
 	$(BIN)/python -m benchmarks.rounds
 	$(BIN)/python -m benchmarks.model_card

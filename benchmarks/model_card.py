@@ -2,7 +2,7 @@
 
     python -m benchmarks.model_card [--model default] [--results benchmarks/results]
 
-Every figure comes from ``rd_summary.json`` and ``speed.json`` (run ``make bench`` first) or from the
+Every figure comes from ``rd_summary.json``, ``refine.json`` and ``speed.json`` (run ``make bench`` first) or from the
 training history stored in the weights file; nothing is typed in by hand.
 """
 
@@ -31,7 +31,7 @@ def _percent(value) -> str:
 
 
 def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict, speed: dict,
-           per_image: list, rounds: list = ()) -> str:
+           per_image: list, rounds: list = (), refine: dict = None) -> str:
     config = weights["config"]
     lines = [
         f"# Model card: {name}",
@@ -134,6 +134,18 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         if key not in CARD_CODECS and key in rd.get("published", {}):
             lines.append(f"| {key} (published) | {_percent(entry['bd_rate_psnr_percent'])} | "
                          f"{_percent(entry['bd_rate_msssim_db_percent'])} |")
+    if refine and model_hash in refine.get("model", ""):
+        plain, refined = refine["curves"]["plain"], refine["curves"]["refined"]
+        lines += ["", f"## Encoder-side refinement (`--refine {refine['steps']}`), measured",
+                  f"{refine['images']} Kodak images at qualities 1…8, plain and refined encoder in the same run "
+                  f"(`python -m benchmarks.refine`, {refine['date']}); refined files decode with the plain decoder.",
+                  "", "| against | plain encoder | refined encoder |", "|---|---|---|"]
+        for label, entry in refine["bd"].items():
+            lines.append(f"| {label} | {'—' if entry['plain'] is None else _percent(entry['plain'])} | "
+                         f"{_percent(entry['refined'])} |")
+        lines += ["", f"Encode time per Kodak image on one thread: {min(plain['encode_s']):.2f}–"
+                  f"{max(plain['encode_s']):.2f} s plain, {min(refined['encode_s']):.0f}–"
+                  f"{max(refined['encode_s']):.0f} s refined."]
     if speed:
         summary = speed.get("vaecodec_latency", {}).get("summary", {})
         lines += ["", "## Speed on this CPU (Kodak, median of repeats, from `python -m benchmarks.speed`)", "",
@@ -162,7 +174,10 @@ def main(model, results):
         per_image = list(csv.DictReader(file))
     rounds_path = results / "rounds.json"
     rounds = json.loads(rounds_path.read_text()) if rounds_path.exists() else []
-    card = render(weights["name"], weights, model_hash.hex(), path.stat().st_size, rd, speed, per_image, rounds)
+    refine_path = results / "refine.json"
+    refine = json.loads(refine_path.read_text()) if refine_path.exists() else None
+    card = render(weights["name"], weights, model_hash.hex(), path.stat().st_size, rd, speed, per_image, rounds,
+                  refine)
     card_path = path.with_suffix(".md")
     card_path.write_text(card)
     click.echo(f"wrote {card_path}")

@@ -2,8 +2,8 @@
 
     python -m benchmarks.readme
 
-The README's figures are thereby always the ones in ``benchmarks/results/`` (rd.md, speed.md, transfer.md,
-rd.png), which ``make bench`` and ``python -m benchmarks.transfer`` regenerate.
+The README's figures are thereby always the ones in ``benchmarks/results/`` (rd.md, refine.md, speed.md,
+transfer.md, rd.png), which ``make bench`` and ``python -m benchmarks.transfer`` regenerate.
 """
 
 from pathlib import Path
@@ -11,6 +11,7 @@ from pathlib import Path
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 SECTIONS = (
     ("Rate–distortion on Kodak", "rd.md", "python -m benchmarks.rd --data ../shared/datasets/kodak"),
+    ("Encoder-side refinement", "refine.md", "python -m benchmarks.refine --data ../shared/datasets/kodak"),
     ("Speed and memory", "speed.md", "python -m benchmarks.speed --data ../shared/datasets/kodak"),
     ("Transfer over loopback", "transfer.md", "python -m benchmarks.transfer --data ../shared/datasets/kodak"),
 )

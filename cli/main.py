@@ -122,9 +122,14 @@ def model_options(command):
 @click.option("-q", "--quality", type=float, default=container.DEFAULT_QUALITY, show_default=True,
               callback=check_quality,
               help="1 (smallest files) to 8 (best quality), in steps of 0.25.")
+@click.option("--refine", "refine_steps", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="STEPS",
+              help="Search STEPS gradient steps per image for latents that code it better (about 4-7% smaller "
+                   "files at equal PSNR with 100; slow: each step costs about two decodes). Any vaecodec "
+                   "decodes the result.")
 @model_options
 @click.pass_context
-def compress(context, inputs, output, quality, force, device, model, workers, batch_size):
+def compress(context, inputs, output, quality, refine_steps, force, device, model, workers, batch_size):
     """Compress images to .vae files.
 
     INPUTS are image files or directories; directories are searched recursively for .png .jpg .jpeg .webp
@@ -138,6 +143,7 @@ def compress(context, inputs, output, quality, force, device, model, workers, ba
       vaecodec compress photo.png -o small.vae -q 2
       vaecodec compress photos/ -o compressed/     # photos/a/b.png -> compressed/a/b.vae
       vaecodec compress *.jpg --device cuda --batch-size 32
+      vaecodec compress photo.png --refine 100      # slower, smaller
     """
     count = count_jobs(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX))
     if not count:
@@ -160,8 +166,9 @@ def compress(context, inputs, output, quality, force, device, model, workers, ba
 
     outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
                              lambda images: codec.iter_compress(images, quality=quality, workers=workers,
-                                                                 batch_size=default_batch_size(codec, batch_size)),
-                             lambda image: codec.compress(image, quality=quality))
+                                                                 batch_size=default_batch_size(codec, batch_size),
+                                                                 refine_steps=refine_steps),
+                             lambda image: codec.compress(image, quality=quality, refine_steps=refine_steps))
     context.exit(finish(count, outcomes, save, "Compressing"))
 
 

@@ -168,3 +168,32 @@ def test_quick_rd_run_writes_every_result(tmp_path):
     report = (tmp_path / "rd.md").read_text()
     assert "BD-rate" in report and "published" in report
     assert (tmp_path / "rd.png").stat().st_size > 10_000
+
+
+def test_refine_benchmark_pairs_both_encoders_and_reads_classical_curves_of_the_same_images(tmp_path):
+    if not KODAK.is_dir():
+        pytest.skip(f"{KODAK} not present")
+    classical = tmp_path / "rd"
+    classical.mkdir()
+    (classical / "rd_summary.json").write_text(json.dumps({"date": "2026-01-01T00:00:00"}))
+    with (classical / "rd_per_image.csv").open("w", newline="") as file:  # a made-up JPEG curve for kodim01
+        writer = csv.writer(file)
+        writer.writerow(["image", "codec", "setting", "bpp", "psnr", "encode_s"])
+        for setting, bpp, psnr in [(10, 0.2, 22.0), (40, 0.6, 26.0), (80, 1.4, 30.0), (95, 3.0, 36.0)]:
+            writer.writerow(["kodim01", "jpeg-420", setting, bpp, psnr, 0.01])
+            writer.writerow(["kodim02", "webp", setting, bpp, psnr, 0.01])  # not the same images: left out
+    command = [sys.executable, "-m", "benchmarks.refine", "--data", str(KODAK), "--images", "1", "--steps", "2",
+               "--workers", "1", "--out", str(tmp_path), "--classical", str(classical)]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+
+    summary = json.loads((tmp_path / "refine.json").read_text())
+    assert summary["images"] == 1 and summary["steps"] == 2 and summary["classical_run"] == "2026-01-01T00:00:00"
+    assert set(summary["bd"]) == {"vaecodec, plain encoder (this run)", "jpeg-420"}
+    for encoder in ("plain", "refined"):
+        curve = summary["curves"][encoder]
+        assert curve["setting"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+        assert all(a < b for a, b in zip(curve["bpp"], curve["bpp"][1:]))
+    with (tmp_path / "refine_per_image.csv").open() as file:
+        assert len(list(csv.DictReader(file))) == 16
+    assert "| 8 |" in (tmp_path / "refine.md").read_text()

@@ -372,3 +372,19 @@ def test_train_refuses_a_bad_lambda_ladder_before_starting(tmp_path, ladder):
     result = run("train", "--data", tmp_path, "--out", tmp_path / "run", "--lambdas", ladder)
     assert result.exit_code == 2 and "--lambdas" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_refine_writes_a_smaller_or_better_file_that_decodes(small_png, tmp_path):
+    assert run("compress", small_png, "-o", tmp_path / "plain.vae", "--device", "cpu").exit_code == 0
+    result = run("compress", small_png, "-o", tmp_path / "refined.vae", "--device", "cpu", "--refine", 20)
+    assert result.exit_code == 0, result.output
+    result = run("decompress", tmp_path / "refined.vae", "-o", tmp_path / "refined.png", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "refined.vae").read_bytes() != (tmp_path / "plain.vae").read_bytes()
+    assert Image.open(tmp_path / "refined.png").size == Image.open(small_png).size
+
+
+def test_negative_refine_steps_are_refused_before_anything_is_written(small_png, tmp_path):
+    result = run("compress", small_png, "-o", tmp_path / "out.vae", "--refine", -1)
+    assert result.exit_code == 2 and "--refine" in result.output
+    assert not (tmp_path / "out.vae").exists()

@@ -2,7 +2,8 @@
 
 Data path, one module each:
     images.py (pixels) -> model.py (g_a, h_a) -> integer_net.py (h_s, exact) -> entropy/ (tables, range coding)
-    -> container.py (.vae bytes) and back; codec.py ties them together, zoo.py loads shipped weights,
+    -> container.py (.vae bytes) and back; refine.py optionally searches better y at encode time;
+    codec.py ties them together, zoo.py loads shipped weights,
     latents.py is the exchangeable form of the quantized latents, train/ trains and exports models.
 """
 

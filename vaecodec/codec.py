@@ -3,10 +3,12 @@
 ``Codec`` wraps loaded weights. The float transforms (g_a, h_a, g_s) run on the chosen device; everything
 that feeds the range coder is integer: z symbols, the integer hyper-synthesis (``integer_net.py``) and the
 frozen frequency tables (``entropy/``). Batches are formed from images of the same padded size, so an image
-codes to the same bytes alone or in a batch.
+codes to the same bytes alone or in a batch. ``refine_steps`` > 0 adds encoder-side latent refinement
+(``refine.py``) between the analysis and the rounding of y; the decoder never needs to know.
 """
 
 import collections
+import functools
 import itertools
 import threading
 import time
@@ -18,13 +20,14 @@ import numpy as np
 import torch
 
 from . import container
-from .container import DEFAULT_QUALITY, ImageHeader, quality_to_index
+from .container import DEFAULT_QUALITY, QUALITY_STEP, ImageHeader, quality_to_index
 from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_symbols, encode_symbols
 from .errors import InvalidFile, ModelMismatch, UsageError
 from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_image
 from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
 from .latents import Latents
 from .model import STRIDE, HyperpriorVAE, ModelConfig
+from .refine import level_lambda, refine_tiled
 from .tiling import run_tiled
 from .zoo import installed_release, read_weights, weights_path
 
@@ -73,6 +76,7 @@ class Codec:
         model.load_state_dict({k: v.float() for k, v in weights["transforms"].items()}, strict=False)
         model = model.to(device).eval().to(memory_format=torch.channels_last)
         self.g_a, self.h_a, self.g_s = model.g_a, model.h_a, model.g_s
+        model.requires_grad_(False)  # latent refinement differentiates through g_s, never into its weights
         self.hyper_synthesis = IntegerHyperSynthesis(
             model.h_s.specs, weights["hyper_synthesis"], self.config.latent_channels, model.h_s.num_scales, device)
         self.gain = weights["gain"].float().to(device)
@@ -116,9 +120,10 @@ class Codec:
             return tuple(torch.cat(parts) for parts in zip(*outputs))
         return torch.cat(outputs)
 
-    @torch.inference_mode()
-    def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor):
-        """Padded images (B, 3, H, W) -> z symbols, y symbols (int64) and y's scale indexes (uint8), on CPU."""
+    @torch.no_grad()  # not inference_mode: refinement needs autograd on tensors made here
+    def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor, refine_steps: int = 0):
+        """Padded images (B, 3, H, W) of the given (height, width) sizes -> z symbols, y symbols (int64) and
+        y's scale indexes (uint8), on CPU."""
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with queued GPU work
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
@@ -127,8 +132,20 @@ class Codec:
         z_symbols = torch.round(z - self.z_offsets[None, :, None, None]).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
         mean_fixed, scale_index = self.hyper_synthesis.run(z_symbols, quality_index)
         mean = mean_fixed.to(y.dtype) / 2**ACTIVATION_FRAC_BITS
+        if refine_steps > 0:
+            y = torch.cat([self._refine(x[i:i + 1], y[i:i + 1], mean[i:i + 1], scale_index[i:i + 1],
+                                        int(quality_index[i]), sizes[i], refine_steps) for i in range(len(y))])
         y_symbols = torch.round(y - mean).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
         return z_symbols.cpu(), y_symbols.cpu(), scale_index.to(torch.uint8).cpu()
+
+    def _refine(self, x, y, mean, scale_index, quality_index: int, size, steps: int) -> torch.Tensor:
+        """One image's y after ``steps`` of encoder-side refinement (refine.py)."""
+        height, width = (int(v) for v in size)
+        pixel_mask = torch.zeros((1, 1) + x.shape[-2:], device=x.device)
+        pixel_mask[..., :height, :width] = 1
+        lam = level_lambda(self.config.lambdas, quality_index * QUALITY_STEP)
+        inverse_gain = self.inverse_gain[quality_index][None, :, None, None]
+        return refine_tiled(self.g_s, x, y, mean, scale_index, inverse_gain, lam, steps, pixel_mask, Y_STRIDE)
 
     @torch.inference_mode()
     def _synthesize(self, z_symbols: torch.Tensor, y_symbols: torch.Tensor, quality_index: torch.Tensor):
@@ -163,20 +180,23 @@ class Codec:
         return z_symbols, y_symbols
 
     # -- public API: latents ----------------------------------------------------------------------------------
-    def encode_latents(self, image, quality: float = DEFAULT_QUALITY) -> Latents:
-        """Quantized latents of one image (PIL image or path)."""
-        return next(self._iter_analysed([image], quality, 1))[0]
+    def encode_latents(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> Latents:
+        """Quantized latents of one image (PIL image or path); see ``compress`` for ``refine_steps``."""
+        return next(self._iter_analysed([image], quality, 1, refine_steps))[0]
 
     def decode_latents(self, latents: Latents):
         """Image from latents produced by ``encode_latents`` (or received with ``Latents.from_bytes``)."""
         return next(self.iter_decode_latents([latents], 1))
 
-    def _iter_analysed(self, images, quality: float, batch_size: int):
+    def _iter_analysed(self, images, quality: float, batch_size: int, refine_steps: int = 0):
         """Yield (Latents, scale_index) per image; the scale indexes save the entropy coder a second h_s run."""
         try:
             quality_index = quality_to_index(float(quality))
         except (TypeError, ValueError) as error:
             raise UsageError(str(error)) from None
+        if not isinstance(refine_steps, int) or refine_steps < 0:
+            raise UsageError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
+        analyse = functools.partial(self._analyse, refine_steps=refine_steps)
         images = iter(images)
         while chunk := list(itertools.islice(images, max(1, batch_size))):
             opened = [open_image(image) for image in chunk]
@@ -185,7 +205,8 @@ class Codec:
                 started = time.perf_counter()
                 x = torch.cat([pad(image_to_tensor(opened[i]), STRIDE) for i in members])
                 qualities = torch.full((len(members),), quality_index, dtype=torch.long, device=self.device)
-                z_symbols, y_symbols, scale_index = self._per_image(self._analyse, x, qualities)
+                sizes = torch.tensor([opened[i].size[::-1] for i in members])
+                z_symbols, y_symbols, scale_index = self._per_image(analyse, x, qualities, sizes)
                 self.timings.add("transform", time.perf_counter() - started)
                 for row, i in enumerate(members):
                     image = opened[i]
@@ -248,25 +269,30 @@ class Codec:
         self._check_model(header, ".vae file")
         return header
 
-    def compress(self, image, quality: float = DEFAULT_QUALITY) -> bytes:
-        """One image (PIL image or path) -> bytes of a .vae file."""
-        return self._pack(next(self._iter_analysed([image], quality, 1)))
+    def compress(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> bytes:
+        """One image (PIL image or path) -> bytes of a .vae file.
+
+        ``refine_steps`` > 0 spends that many gradient steps searching for latents that code this image better
+        (smaller and/or sharper at the same quality setting; see refine.py). It is slow (each step is a
+        synthesis pass forward and back), changes nothing for the decoder, and 0 is the fast default.
+        """
+        return self._pack(next(self._iter_analysed([image], quality, 1, refine_steps)))
 
     def decompress(self, data: bytes):
         """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources)."""
         return self.decode_latents(self.bytes_to_latents(data))
 
     def iter_compress(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
-                      workers: int = 2):
+                      workers: int = 2, refine_steps: int = 0):
         """Yield .vae bytes for each image, in order.
 
         Images are read lazily, ``batch_size`` at a time; ``workers`` threads entropy-code finished latents
         while the transforms run on the next batch. The transforms always run on all of torch's threads, as
         one image at a time does: oneDNN's results can depend on the thread count, so batch and single
-        calls share it to give the same bytes and pixels by construction.
+        calls share it to give the same bytes and pixels by construction. ``refine_steps`` as in ``compress``.
         """
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            yield from _in_order(pool, self._pack, self._iter_analysed(images, quality, batch_size),
+            yield from _in_order(pool, self._pack, self._iter_analysed(images, quality, batch_size, refine_steps),
                                  ahead=2 * batch_size)
 
     def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2):
@@ -277,8 +303,8 @@ class Codec:
             yield from self.iter_decode_latents(latents, batch_size)
 
     def compress_batch(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
-                       workers: int = 2) -> list:
-        return list(self.iter_compress(images, quality, batch_size, workers))
+                       workers: int = 2, refine_steps: int = 0) -> list:
+        return list(self.iter_compress(images, quality, batch_size, workers, refine_steps))
 
     def decompress_batch(self, datas, batch_size: int = 8, workers: int = 2) -> list:
         return list(self.iter_decompress(datas, batch_size, workers))
