@@ -124,9 +124,9 @@ def model_options(command):
               help="1 (smallest files) to 8 (best quality), in steps of 0.25.")
 @click.option("--refine", "refine_steps", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="STEPS",
-              help="Search STEPS gradient steps per image for latents that code it better (about 4-7% smaller "
-                   "files at equal PSNR with 100; slow: each step costs about two decodes). Any vaecodec "
-                   "decodes the result.")
+              help="Spend STEPS gradient steps per image searching for latents that code it better (50 is "
+                   "a good choice; slow: each step costs about two decodes; gains in the README's refinement "
+                   "table). Any vaecodec decodes the result.")
 @model_options
 @click.pass_context
 def compress(context, inputs, output, quality, refine_steps, force, device, model, workers, batch_size):
