@@ -41,6 +41,7 @@ def soft_round(residual: torch.Tensor, temperature: float, generator: torch.Gene
                           -torch.atanh((1 - fraction).clamp(max=limit))], dim=-1) / temperature
     uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-10, 1 - 1e-10)
     gumbel = -torch.log(-torch.log(uniform))
+    # a relaxed one-hot sample at the same temperature, as in the paper's code (it divides twice)
     round_up = torch.softmax((logits + gumbel) / temperature, dim=-1)[..., 1]
     return below + round_up
 
