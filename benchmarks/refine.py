@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.bdrate import bd_quality, bd_rate
+from benchmarks.codecs import CODECS
 from benchmarks.rd import machine_info, psnr_rgb8, set_up_worker
 
 QUALITIES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
@@ -131,8 +132,6 @@ def markdown(summary: dict) -> str:
 @click.option("--images", "image_limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 def main(data_dir, out_dir, classical_dir, steps, image_limit, workers):
-    import vaecodec
-
     paths = sorted(path for path in data_dir.iterdir() if path.suffix.lower() == ".png")[:image_limit]
     started = time.perf_counter()
     results = []
@@ -155,12 +154,11 @@ def main(data_dir, out_dir, classical_dir, steps, image_limit, workers):
     for label, curve in classical_curves(classical_dir / "rd_per_image.csv", images).items():
         bd[label] = {encoder: bd_rate(curve["bpp"], curve["psnr"], curves[encoder]["bpp"], curves[encoder]["psnr"])
                      for encoder in ("plain", "refined")}
-    codec = vaecodec.load("default", device="cpu")
     summary = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "images": len(images), "steps": steps, "workers": workers,
         "wall_s": time.perf_counter() - started,
-        "model": f"{codec.model_name} (hash {codec.model_hash.hex()})",
+        "model": CODECS["vaecodec"].model_identity(),
         "machine": machine_info(),
         "curves": curves, "bd": bd,
         "bd_psnr_refined_vs_plain": bd_quality(curves["plain"]["bpp"], curves["plain"]["psnr"],

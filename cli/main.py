@@ -143,7 +143,7 @@ def compress(context, inputs, output, quality, refine_steps, force, device, mode
       vaecodec compress photo.png -o small.vae -q 2
       vaecodec compress photos/ -o compressed/     # photos/a/b.png -> compressed/a/b.vae
       vaecodec compress *.jpg --device cuda --batch-size 32
-      vaecodec compress photo.png --refine 100      # slower, smaller
+      vaecodec compress photo.png --refine 50       # slower, smaller
     """
     count = count_jobs(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX))
     if not count:
