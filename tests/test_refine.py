@@ -9,13 +9,7 @@ from vaecodec import container
 from vaecodec.errors import UsageError
 from vaecodec.refine import level_lambda, refine_latents, refine_tiled
 
-from test_codec import crop
-
-
-@pytest.fixture(scope="module")
-def codec():
-    torch.set_num_threads(2)
-    return vaecodec.load("default", device="cpu")
+from test_codec import codec, crop  # noqa: F401 (codec is the shared module fixture)
 
 
 def real_cost(codec, image, data: bytes) -> float:

@@ -12,6 +12,16 @@ TILE_UNITS = 96  # 1536 pixels: one tile of g_s at 64 channels needs about 0.6 G
 HALO_UNITS = 4
 
 
+def tiles(units_h: int, units_w: int, tile: int = TILE_UNITS, halo: int = HALO_UNITS):
+    """(kept, window) per tile, in units: ``kept`` = (top, bottom, left, right) is the tile's own part,
+    ``window`` = (t0, t1, l0, l1) the same grown by the halo and cut to the image."""
+    for top in range(0, units_h, tile):
+        for left in range(0, units_w, tile):
+            bottom, right = min(top + tile, units_h), min(left + tile, units_w)
+            yield ((top, bottom, left, right),
+                   (max(0, top - halo), min(units_h, bottom + halo), max(0, left - halo), min(units_w, right + halo)))
+
+
 def run_tiled(transform, x: torch.Tensor, in_scale: int, out_scale: int, tile: int = TILE_UNITS,
               halo: int = HALO_UNITS) -> torch.Tensor:
     """transform(x) for a transform mapping ``in_scale`` input pixels to ``out_scale`` output pixels per unit."""
@@ -19,14 +29,10 @@ def run_tiled(transform, x: torch.Tensor, in_scale: int, out_scale: int, tile: i
     if units_h <= tile and units_w <= tile:
         return transform(x)
     out = None
-    for top in range(0, units_h, tile):
-        for left in range(0, units_w, tile):
-            bottom, right = min(top + tile, units_h), min(left + tile, units_w)
-            t0, l0 = max(0, top - halo), max(0, left - halo)
-            t1, l1 = min(units_h, bottom + halo), min(units_w, right + halo)
-            piece = transform(x[..., t0 * in_scale:t1 * in_scale, l0 * in_scale:l1 * in_scale])
-            if out is None:
-                out = piece.new_empty(*piece.shape[:-2], units_h * out_scale, units_w * out_scale)
-            out[..., top * out_scale:bottom * out_scale, left * out_scale:right * out_scale] = piece[
-                ..., (top - t0) * out_scale:(bottom - t0) * out_scale, (left - l0) * out_scale:(right - l0) * out_scale]
+    for (top, bottom, left, right), (t0, t1, l0, l1) in tiles(units_h, units_w, tile, halo):
+        piece = transform(x[..., t0 * in_scale:t1 * in_scale, l0 * in_scale:l1 * in_scale])
+        if out is None:
+            out = piece.new_empty(*piece.shape[:-2], units_h * out_scale, units_w * out_scale)
+        out[..., top * out_scale:bottom * out_scale, left * out_scale:right * out_scale] = piece[
+            ..., (top - t0) * out_scale:(bottom - t0) * out_scale, (left - l0) * out_scale:(right - l0) * out_scale]
     return out
