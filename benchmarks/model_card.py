@@ -65,7 +65,7 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "| round | steps | patch × batch | learning rate | hardware | wall time | command |",
         "|---|---|---|---|---|---|---|",
     ]
-    previous_ladder = LAMBDAS
+    previous_ladder, previous_latents = LAMBDAS, None
     for number, round_info in enumerate(weights.get("training", {}).get("rounds", []), start=1):
         run = round_info["config"]
         model = run["model"]
@@ -80,6 +80,9 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         if ladder != previous_ladder:  # this round chose its own ladder
             command += " --lambdas " + ",".join(f"{v:g}" for v in ladder)
         previous_ladder = ladder
+        if run.get("init") and previous_latents not in (None, model["latent_channels"]):  # this round widened y
+            command += f" --latent-channels {model['latent_channels']}"
+        previous_latents = model["latent_channels"]
         command = command.replace("--out runs/default", f"--out {Path(round_info['run']).as_posix().split('/main/')[-1]}")
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "

@@ -1,6 +1,7 @@
 """`vaecodec train` and `vaecodec export`: training runs as a product feature."""
 
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from vaecodec.errors import UsageError
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
 @click.option("--channels", type=int, default=None, help="Model width N (new runs only).")
-@click.option("--latent-channels", type=int, default=None, help="Channels of y (new runs only).")
+@click.option("--latent-channels", type=int, default=None,
+              help="Channels of y (new runs; with --init, more than the init model's widens it, keeping its "
+                   "outputs: see vaecodec/train/widen.py).")
 @click.option("--hyper-channels", type=int, default=None, help="Channels of z (new runs only).")
 @click.option("--lambdas", default=None,
               help="Comma-separated λ of the 8 levels, lowest first (new runs; with --init the per-level "
@@ -78,6 +81,9 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
             pretrained = model_from_weights(read_weights(path)[0])
             if ladder is not None:  # start each level's tables near where the new lambda wants them
                 pretrained = with_lambdas(pretrained, ladder)
+            if latent_channels is not None:
+                pretrained = _widened(pretrained, latent_channels, data_dirs)
+                latent_channels = None
             model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
             overrides["init"] = str(path)
         elif ladder is not None:
@@ -86,7 +92,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
                            ("hyper_channels", hyper_channels)):
             if value is not None:
                 if init_weights:
-                    raise UsageError("--init fixes the model width; drop --channels/--latent-channels")
+                    raise UsageError("--init fixes the model width; drop --channels/--hyper-channels")
                 model[key] = value
         config = RunConfig(data=[str(Path(d).resolve()) for d in data_dirs], model=model, **overrides)
 
@@ -100,12 +106,25 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
         return f"step {stats['step']} loss {stats['loss']:.3f} bpp {stats['bpp']:.3f} PSNR {stats['psnr']:.2f}"
 
     with click.progressbar(length=config.steps - trainer.step, label="training", show_eta=True,
-                           item_show_func=describe, file=click.get_text_stream("stderr")) as bar:
+                           item_show_func=describe, file=sys.stderr) as bar:
         def progress(stats):
             bar.update(1, stats)
 
         trainer.run(progress)
     click.echo(f"stopped at step {trainer.step}; checkpoint in {checkpoint.location(run_path)}", err=True)
+
+
+def _widened(model, latent_channels: int, data_dirs):
+    from vaecodec.train.data import list_images, validation_crops
+    from vaecodec.train.widen import with_latent_channels
+
+    if latent_channels < model.config.latent_channels:
+        raise UsageError(f"--latent-channels {latent_channels} is fewer than the init model's "
+                         f"{model.config.latent_channels}; latents can only be widened")
+    files = list_images(data_dirs)
+    if not files:
+        raise UsageError("--data holds no images to calibrate the new latent channels on")
+    return with_latent_channels(model, latent_channels, validation_crops(files[:: max(1, len(files) // 8)][:8]))
 
 
 def _parse_lambdas(text: str, levels: int) -> list:

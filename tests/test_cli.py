@@ -374,6 +374,13 @@ def test_train_refuses_a_bad_lambda_ladder_before_starting(tmp_path, ladder):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_refuses_to_narrow_the_latents_of_its_init_model(tmp_path):
+    result = run("train", "--data", tmp_path, "--out", tmp_path / "run", "--init", "default",
+                 "--latent-channels", 64)
+    assert result.exit_code == 2 and "latents can only be widened" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_refine_writes_a_smaller_or_better_file_that_decodes(small_png, tmp_path):
     assert run("compress", small_png, "-o", tmp_path / "plain.vae", "--device", "cpu").exit_code == 0
     result = run("compress", small_png, "-o", tmp_path / "refined.vae", "--device", "cpu", "--refine", 20)

@@ -149,3 +149,55 @@ def test_a_new_ladder_moves_the_per_level_tables_along_their_lines_in_log_lambda
             assert torch.equal(retargeted.state_dict()[name], value), name
     # halving every lambda lowers every level's gain (coarser quantization, fewer bits)
     assert (retargeted.log_gain.mean(1) < model.log_gain.mean(1)).all()
+
+
+def test_widening_the_latents_keeps_the_reconstructions_and_trains_the_new_channels():
+    from vaecodec.train.widen import with_latent_channels
+
+    torch.manual_seed(0)
+    model = HyperpriorVAE(ModelConfig(8, 16, 8)).eval()
+    with torch.no_grad():  # latents of a trained model's size (an untrained g_a's are all below one step)
+        model.g_a[6].weight *= 100
+    widened = with_latent_channels(model, 24, calibration=torch.rand(2, 3, 64, 64)).eval()
+    assert widened.config.latent_channels == 24
+    x = torch.rand(2, 3, 64, 64)
+    levels = torch.tensor([0.0, 7.0])
+    with torch.no_grad():
+        before, after = model(x, levels), widened(x, levels)
+        assert torch.allclose(before["x_hat"], after["x_hat"], atol=1e-5)  # g_s reads the new channels with 0
+        y = widened.g_a(x) * widened.gains(levels)[0]
+        assert y[:, 16:].abs().sum() > 0  # ... but they carry symbols, so that its readout can learn
+        z_symbols = torch.round(widened.h_a(y) - widened.z_prior.medians[None, :, None, None])
+        mean, scale_position = widened.h_s(z_symbols, levels)
+        old_mean, old_scale_position = model.h_s(z_symbols, levels)
+        assert torch.equal(mean[:, :16], old_mean) and torch.equal(scale_position[:, :16], old_scale_position)
+        assert torch.equal(mean[:, 16:], torch.zeros_like(mean[:, 16:]))
+        # each new channel's scale follows its spread: larger at the level with the larger gain
+        assert (scale_position[1, 16:].mean() > scale_position[0, 16:].mean())
+    with pytest.raises(ValueError):
+        with_latent_channels(model, 12, calibration=x)
+
+    # the distortion gradient reaches g_s's readout of the new channels
+    widened.train()
+    (widened(x, levels)["x_hat"] - x).pow(2).mean().backward()
+    assert widened.g_s[0].weight.grad[16:].abs().sum() > 0
+
+
+def test_train_init_can_widen_the_latents_of_shipped_weights(data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    run_and_collect(Trainer(tmp_path / "run", tiny_config(data_dir, 2)))
+    export_run(tmp_path / "run", tmp_path / "tiny.pt", verify_images=0)
+    result = CliRunner().invoke(cli, ["train", "--data", str(data_dir), "--out", str(tmp_path / "wide"),
+                                       "--init", str(tmp_path / "tiny.pt"), "--latent-channels", "24",
+                                       "--steps", "2", "--patch", "64", "--batch", "2", "--threads", "1",
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = export_run(tmp_path / "wide", tmp_path / "wide.pt", verify_images=1)
+    assert report["symbols_identical"]
+    codec = vaecodec.load(str(tmp_path / "wide.pt"), device="cpu")
+    assert codec.config.latent_channels == 24
+    image = Image.open(next(data_dir.glob("*.png")))
+    assert codec.decompress(codec.compress(image, 8)).size == image.size
