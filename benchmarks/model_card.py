@@ -83,6 +83,8 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         if run.get("init") and previous_latents not in (None, model["latent_channels"]):  # this round widened y
             command += f" --latent-channels {model['latent_channels']}"
         previous_latents = model["latent_channels"]
+        if run.get("level_weighting", 0.5) != 0.5:
+            command += f" --level-weighting {run['level_weighting']:g}"
         command = command.replace("--out runs/default", f"--out {Path(round_info['run']).as_posix().split('/main/')[-1]}")
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "

@@ -19,6 +19,9 @@ from vaecodec.errors import UsageError
 @click.option("--batch", type=int, default=None, help="Crops per step (default 8).")
 @click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate (default 2e-4).")
 @click.option("--threads", type=int, default=None, help="CPU threads (default 2).")
+@click.option("--level-weighting", type=float, default=None,
+              help="Weigh each crop's loss by (λ_mid/λ)^this (default 0.5; 0 lets the high-λ levels, whose "
+                   "gradients are largest, lead the shared transforms).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
@@ -31,7 +34,7 @@ from vaecodec.errors import UsageError
               help="Comma-separated λ of the 8 levels, lowest first (new runs; with --init the per-level "
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
-def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, device, resume, init_weights,
+def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, device, resume, init_weights,
           channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
@@ -53,7 +56,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, devic
     from vaecodec.train.loop import RunConfig, Trainer
 
     run_path = Path(run_dir)
-    overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads}
+    overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads,
+                 "level_weighting": level_weighting}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None
     if resume:
