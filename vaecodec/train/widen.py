@@ -15,9 +15,12 @@ of the old model (up to float rounding); only the rate grows, and only at the to
 learns g_s's readout of the new symbols (a consistent least-squares gradient, because they are not zero) and
 reshapes or silences each channel as its bits pay off.
 
-Two earlier starts failed to grow the channels (round-6 logs): exactly zero at the smallest scale, where
-any value costs many bits, so the rate held them at zero; and rows at 0.1 of the old rows' size, which
-Adam's fixed-size steps shrank within a few hundred steps, before g_s had learned to read them.
+Measured on the 2-core CPU (session of 2026-11-24), widening mshp-n64 from 128 to 192 channels did not pay
+within an hour: over 5000 steps at learning rate 1e-4 g_s's readout grew only to a sixth of the old weights'
+size while the rate shrank the new channels (3% nonzero symbols at the top level), and held-out PSNR fell
+0.2-0.5 dB. Two other starts fared worse: exactly zero at the smallest scale (any value then costs many bits,
+so the rate held them at zero), and rows at 0.1 of the old rows' size (Adam's fixed-size steps shrank them
+within a few hundred steps). Growing channels needs many more steps than a CPU session has: a GPU round.
 """
 
 import math
