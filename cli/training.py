@@ -30,14 +30,12 @@ from vaecodec.errors import UsageError
               help="Channels of y (new runs; with --init, more than the init model's widens it, keeping its "
                    "outputs: see vaecodec/train/widen.py).")
 @click.option("--hyper-channels", type=int, default=None, help="Channels of z (new runs only).")
-@click.option("--only-new-latents", is_flag=True,
-              help="With --init and a larger --latent-channels: train only the new channels, the rest frozen.")
 @click.option("--lambdas", default=None,
               help="Comma-separated λ of the 8 levels, lowest first (new runs; with --init the per-level "
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, device, resume, init_weights,
-          channels, latent_channels, hyper_channels, only_new_latents, lambdas):
+          channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -88,16 +86,12 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
             if ladder is not None:  # start each level's tables near where the new lambda wants them
                 pretrained = with_lambdas(pretrained, ladder)
             if latent_channels is not None:
-                if only_new_latents:
-                    overrides["frozen_latent_channels"] = pretrained.config.latent_channels
                 pretrained = _widened(pretrained, latent_channels, data_dirs)
                 latent_channels = None
             model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
             overrides["init"] = str(path)
         elif ladder is not None:
             model["lambdas"] = ladder
-        if only_new_latents and "frozen_latent_channels" not in overrides:
-            raise UsageError("--only-new-latents needs --init and a --latent-channels larger than the init model's")
         for key, value in (("channels", channels), ("latent_channels", latent_channels),
                            ("hyper_channels", hyper_channels)):
             if value is not None:

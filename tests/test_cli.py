@@ -381,12 +381,6 @@ def test_train_refuses_to_narrow_the_latents_of_its_init_model(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_train_refuses_only_new_latents_without_a_widening(tmp_path):
-    result = run("train", "--data", tmp_path, "--out", tmp_path / "run", "--only-new-latents")
-    assert result.exit_code == 2 and "--only-new-latents needs --init" in result.output
-    assert not (tmp_path / "run").exists()
-
-
 def test_refine_writes_a_smaller_or_better_file_that_decodes(small_png, tmp_path):
     assert run("compress", small_png, "-o", tmp_path / "plain.vae", "--device", "cpu").exit_code == 0
     result = run("compress", small_png, "-o", tmp_path / "refined.vae", "--device", "cpu", "--refine", 20)

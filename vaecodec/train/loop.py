@@ -20,7 +20,6 @@ import torch
 from ..model import HyperpriorVAE, ModelConfig, rate_distortion_loss
 from . import checkpoint
 from .data import CropPool, list_images, split_validation, validation_crops
-from .widen import train_only_new_channels
 
 
 @dataclass
@@ -47,7 +46,6 @@ class RunConfig:
     init: str = ""  # shipped weights this run started from, if any
     hardware: str = ""  # where it trained, for the model card
     notes: str = ""  # free text for the model card (changes made while the run went on)
-    frozen_latent_channels: int = 0  # > 0: only latent channels from this one on train (see train/widen.py)
 
 
     def learning_rate_at(self, step: int) -> float:
@@ -72,10 +70,8 @@ class Trainer:
         if init_state is not None:
             self.model.load_state_dict(init_state)
         self.model = self.model.to(memory_format=torch.channels_last)
-        if config.frozen_latent_channels:
-            train_only_new_channels(self.model, config.frozen_latent_channels)
         quantiles = [self.model.z_prior.quantiles]
-        main = [p for n, p in self.model.named_parameters() if n != "z_prior.quantiles" and p.requires_grad]
+        main = [p for n, p in self.model.named_parameters() if n != "z_prior.quantiles"]
         self.optimizer = torch.optim.Adam(main, lr=config.learning_rate)
         self.quantile_optimizer = torch.optim.Adam(quantiles, lr=config.quantile_learning_rate)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -141,10 +137,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         quantile_loss = self.model.z_prior.quantile_loss()
-        if quantile_loss.requires_grad:  # not when the prior is frozen (frozen_latent_channels)
-            self.quantile_optimizer.zero_grad(set_to_none=True)
-            quantile_loss.backward()
-            self.quantile_optimizer.step()
+        self.quantile_optimizer.zero_grad(set_to_none=True)
+        quantile_loss.backward()
+        self.quantile_optimizer.step()
         self.step += 1
         mse = losses["mse"].item()
         return {"step": self.step, "loss": losses["loss"].item(), "bpp": losses["bpp"].item(),

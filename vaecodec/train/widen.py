@@ -90,37 +90,3 @@ def _fit_new_gains_and_scales(model: HyperpriorVAE, first_new: int, calibration:
     log_step = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (NUM_SCALES - 1)
     position = ((rms * gain).clamp(min=SCALE_MIN) / SCALE_MIN).log() / log_step
     model.h_s.level_scale_shift[:, first_new:] = position.clamp(0, NUM_SCALES - 1) / SCALE_SHIFT_UNIT
-
-
-# (parameter, dimension indexing latent channels) for every tensor with a slice per channel of y; h_a is left
-# out on purpose: its input weights of new channels would change z, and with it the old channels' priors.
-PER_CHANNEL = (("g_a.6.weight", 0), ("g_a.6.bias", 0), ("g_s.0.weight", 0), ("log_gain", 1),
-               ("log_inverse_gain", 1), ("h_s.level_scale_shift", 1), ("h_s.level_log_mean_gain", 1))
-H_S_OUTPUT = ("h_s.convs.2.weight", "h_s.convs.2.bias")  # rows: [means (M), scale positions (M)]
-
-
-def train_only_new_channels(model: HyperpriorVAE, first_new: int):
-    """Freeze everything but the latent channels from ``first_new`` on (``RunConfig.frozen_latent_channels``).
-
-    The old model then stays exactly as it was, and a high learning rate can teach g_s to read the new
-    channels before a joint fine-tune. Tensors shared by old and new channels keep training, with the old
-    channels' slices of their gradients zeroed (Adam moves a parameter whose gradient was always zero by 0).
-    """
-    parameters = dict(model.named_parameters())
-    latent_channels = model.config.latent_channels
-    for parameter in parameters.values():
-        parameter.requires_grad_(False)
-
-    def train_slice(name, dim, keep):
-        mask = torch.zeros(parameters[name].shape[dim], device=parameters[name].device)
-        mask[keep] = 1
-        mask = mask.view([-1 if d == dim else 1 for d in range(parameters[name].dim())])
-        parameters[name].requires_grad_(True)
-        parameters[name].register_hook(lambda grad: grad * mask)
-
-    for name, dim in PER_CHANNEL:
-        train_slice(name, dim, slice(first_new, None))
-    new_rows = torch.cat([torch.arange(first_new, latent_channels),
-                          torch.arange(latent_channels + first_new, 2 * latent_channels)])
-    for name in H_S_OUTPUT:
-        train_slice(name, 0, new_rows)
