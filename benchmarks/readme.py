@@ -13,6 +13,7 @@ SECTIONS = (
     ("Rate–distortion on Kodak", "rd.md", "python -m benchmarks.rd --data ../shared/datasets/kodak"),
     ("Encoder-side refinement", "refine.md", "python -m benchmarks.refine --data ../shared/datasets/kodak"),
     ("Speed and memory", "speed.md", "python -m benchmarks.speed --data ../shared/datasets/kodak"),
+    ("Transform ceiling", "ceiling.md", "python -m benchmarks.ceiling --data ../shared/datasets/train"),
     ("Transfer over loopback", "transfer.md", "python -m benchmarks.transfer --data ../shared/datasets/kodak"),
 )
 

@@ -197,3 +197,20 @@ def test_refine_benchmark_pairs_both_encoders_and_reads_classical_curves_of_the_
     with (tmp_path / "refine_per_image.csv").open() as file:
         assert len(list(csv.DictReader(file))) == 16
     assert "| 8 |" in (tmp_path / "refine.md").read_text()
+
+
+def test_ceiling_reports_every_level_with_finite_psnr_and_spread():
+    import torch
+
+    from benchmarks.ceiling import measure
+    from vaecodec.model import HyperpriorVAE, ModelConfig
+
+    torch.manual_seed(0)
+    model = HyperpriorVAE(ModelConfig(8, 16, 8)).eval()
+    rows = measure(model, torch.rand(2, 3, 64, 64))
+    assert [r["level"] for r in rows] == list(range(1, 9))
+    for row in rows:
+        assert math.isfinite(row["psnr_unquantized"]) and math.isfinite(row["psnr_rounded"])
+        assert 0 <= row["channels_over_one_step"] <= 16
+    # larger gains spread y over more quantization steps
+    assert rows[-1]["smallest_channel_std"] >= rows[0]["smallest_channel_std"]
