@@ -69,8 +69,7 @@ def main(data_dirs, model_name, validation_images, out):
     lines = [
         "# Transform ceiling", "",
         f"Model {result['model']} ({result['model_hash']}), M = {result['latent_channels']} latent channels; "
-        f"{len(held_out)} held-out training crops of 256×256 (never Kodak). "
-        "Regenerate: `python -m benchmarks.ceiling --data ../shared/datasets/train`.", "",
+        f"{len(held_out)} held-out training crops of 256×256 (never Kodak).", "",
         "| level | PSNR, y not rounded (dB) | PSNR, y rounded (dB) | channels with std ≥ 1 step | smallest channel std |",
         "|---:|---:|---:|---:|---:|",
     ]

@@ -21,6 +21,7 @@ SCALE_MIN = 0.11
 SCALE_MAX = 256.0
 TAIL_MASS = 1e-9
 LIKELIHOOD_BOUND = 1e-9
+LOG_SCALE_STEP = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (NUM_SCALES - 1)  # between neighbouring scales
 
 
 def scale_table() -> torch.Tensor:
@@ -40,8 +41,12 @@ class GaussianConditional(nn.Module):
         """Table scale at the nearest index (round half up, as the integer path), straight-through gradient."""
         index = torch.floor(scale_position + 0.5)
         index = scale_position + (index - scale_position).detach()
-        log_step = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (NUM_SCALES - 1)
-        return SCALE_MIN * torch.exp(index * log_step)
+        return SCALE_MIN * torch.exp(index * LOG_SCALE_STEP)
+
+    @staticmethod
+    def position_of_scale(scale: torch.Tensor) -> torch.Tensor:
+        """The continuous table position of a scale (the inverse of ``scale_from_position``), within the table."""
+        return ((scale / SCALE_MIN).log() / LOG_SCALE_STEP).clamp(0, NUM_SCALES - 1)
 
     @staticmethod
     def likelihood(residual: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

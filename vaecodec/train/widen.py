@@ -27,11 +27,8 @@ them. Widening pays only with joint training of the whole analysis transform, fo
 CPU session has: a GPU round (or train the wider model from scratch there).
 """
 
-import math
-
 import torch
 
-from ..entropy.gaussian import NUM_SCALES, SCALE_MAX, SCALE_MIN
 from ..integer_net import SCALE_SHIFT_UNIT
 from ..model import HyperpriorVAE, ModelConfig
 
@@ -71,7 +68,7 @@ def with_latent_channels(model: HyperpriorVAE, latent_channels: int, calibration
         mean_rows, scale_rows = state[name].split(old, dim=0)
         new_rows = torch.zeros((added,) + mean_rows.shape[1:], dtype=mean_rows.dtype)
         state[name] = torch.cat([mean_rows, new_rows, scale_rows, new_rows], 0)
-    for name in ("log_gain", "log_inverse_gain"):  # the old channels' mean; _fit_new_gains adjusts it
+    for name in ("log_gain", "log_inverse_gain"):  # the old channels' mean, shifted by _fit_new_gains_and_scales
         extend(name, 1, state[name].mean(1, keepdim=True).repeat(1, added))
     extend("h_s.level_log_mean_gain", 1, zeros("h_s.level_log_mean_gain", 1))
     extend("h_s.level_scale_shift", 1, zeros("h_s.level_scale_shift", 1))
@@ -90,7 +87,5 @@ def _fit_new_gains_and_scales(model: HyperpriorVAE, first_new: int, calibration:
     log_shift = (rms * model.log_gain[-1, first_new:].exp() / TOP_LEVEL_RMS).log()
     model.log_gain[:, first_new:] -= log_shift
     model.log_inverse_gain[:, first_new:] += log_shift
-    gain = model.log_gain[:, first_new:].exp()  # (levels, added)
-    log_step = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (NUM_SCALES - 1)
-    position = ((rms * gain).clamp(min=SCALE_MIN) / SCALE_MIN).log() / log_step
-    model.h_s.level_scale_shift[:, first_new:] = position.clamp(0, NUM_SCALES - 1) / SCALE_SHIFT_UNIT
+    position = model.y_conditional.position_of_scale(rms * model.log_gain[:, first_new:].exp())  # (levels, added)
+    model.h_s.level_scale_shift[:, first_new:] = position / SCALE_SHIFT_UNIT
