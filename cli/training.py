@@ -87,7 +87,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
                 pretrained = with_lambdas(pretrained, ladder)
             if latent_channels is not None:
                 pretrained = _widened(pretrained, latent_channels, data_dirs)
-                latent_channels = None
+                latent_channels = None  # used up: the widened model carries it into the config
             model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
             overrides["init"] = str(path)
         elif ladder is not None:
