@@ -3,8 +3,9 @@
 
 Why: at the top qualities every one of mshp-n64's 128 latent channels carries variance (the weakest has a
 standard deviation above 2 quantization steps), and its transforms cannot reconstruct held-out crops better
-than about 30.9 dB even from unquantized latents, with the top levels within 0.1 dB of that ceiling: y is too
-narrow. More latent channels cost little compute, since y lives at 1/16 of the image resolution.
+than about 30.9 dB even from unquantized latents, with the top level within 0.1 dB of that ceiling
+(``benchmarks.ceiling``): y is too narrow. More latent channels cost little compute, since y lives at 1/16 of
+the image resolution.
 
 How (in the spirit of Net2Net, Chen, Goodfellow, Shlens, ICLR 2016): the new channels of y start as random
 projections of g_a's last features, with g_a rows as large as the old ones but a per-channel gain set so that
@@ -16,15 +17,16 @@ learns g_s's readout of the new symbols (a consistent least-squares gradient, be
 reshapes or silences each channel as its bits pay off.
 
 Measured on the 2-core CPU (session of 2026-11-24), widening mshp-n64 from 128 to 192 channels did not pay
-within an hour: over 5000 steps at learning rate 1e-4 g_s's readout grew only to a sixth of the old weights'
-size while the rate shrank the new channels (3% nonzero symbols at the top level), and held-out PSNR fell
-0.2-0.5 dB. Two other starts fared worse: exactly zero at the smallest scale (any value then costs many bits,
-so the rate held them at zero), and rows at 0.1 of the old rows' size (Adam's fixed-size steps shrank them
-within a few hundred steps). Training only the new channels (everything else frozen) at learning rate 1e-3
-for 1400 steps left held-out PSNR exactly where it was: g_a's earlier layers feed the old 128 channels what
-they need, so random projections of its last features carry little new information, and the rate shrank
-them. Widening pays only with joint training of the whole analysis transform, for many more steps than a
-CPU session has: a GPU round (or train the wider model from scratch there).
+within an hour: over 5000 steps at learning rate 1e-4 (level weighting 0.5, then 0.25 from step 1855) g_s's
+readout grew only to a sixth of the old weights' size while the rate shrank the new channels (3% nonzero
+symbols at the top level), and held-out PSNR fell 0.2-0.5 dB. Two other starts fared worse: exactly zero at
+the smallest scale (any value then costs many bits, so the rate held them at zero), and rows at 0.1 of the old
+rows' size (Adam's fixed-size steps shrank them within a few hundred steps). Training only the new channels
+(everything else frozen) at learning rate 1e-3 for 1400 steps left held-out PSNR exactly where it was: g_a's
+earlier layers feed the old 128 channels what they need, so random projections of its last features carry
+little new information, and the rate shrank them. Widening pays only with joint training of the whole analysis
+transform, for many more steps than a CPU session has: a GPU round (or train the wider model from scratch
+there).
 """
 
 import torch
