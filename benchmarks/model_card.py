@@ -26,6 +26,35 @@ def parameter_count(weights: dict) -> int:
     return sum(t.numel() for t in tensors)
 
 
+def round_commands(rounds: list) -> list:
+    """The `vaecodec train` command of each training round, with the options that round changed."""
+    commands = []
+    previous_ladder, previous_channels, previous_latents = LAMBDAS, None, None
+    for round_info in rounds:
+        run = round_info["config"]
+        model = run["model"]
+        command = TRAIN_COMMAND.format(steps=run["steps"], lr=run["learning_rate"], n=model["channels"],
+                                       m=model["latent_channels"], h=model["hyper_channels"])
+        if run.get("init"):  # the width comes from the weights fine-tuned
+            command = command.split(" --channels")[0] + f" --device cpu --init {Path(run['init']).stem}"
+        if (run["patch"], run["batch"]) != (128, 8):
+            command += f" --patch {run['patch']} --batch {run['batch']}"
+        ladder = ModelConfig(**model).lambdas
+        if ladder != previous_ladder:  # this round chose its own ladder
+            command += " --lambdas " + ",".join(f"{v:g}" for v in ladder)
+        previous_ladder = ladder
+        if run.get("init") and previous_channels not in (None, model["channels"]):  # this round widened g_a, g_s
+            command += f" --channels {model['channels']}"
+        if run.get("init") and previous_latents not in (None, model["latent_channels"]):  # this round widened y
+            command += f" --latent-channels {model['latent_channels']}"
+        previous_channels, previous_latents = model["channels"], model["latent_channels"]
+        if run.get("level_weighting", 0.5) != 0.5:
+            command += f" --level-weighting {run['level_weighting']:g}"
+        run_dir = Path(round_info["run"]).as_posix().split("/main/")[-1]
+        commands.append(command.replace("--out runs/default", f"--out {run_dir}"))
+    return commands
+
+
 def _percent(value) -> str:
     return "no overlap" if value is None or value != value else f"{value:+.1f}%"
 
@@ -65,27 +94,10 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "| round | steps | patch × batch | learning rate | hardware | wall time | command |",
         "|---|---|---|---|---|---|---|",
     ]
-    previous_ladder, previous_latents = LAMBDAS, None
-    for number, round_info in enumerate(weights.get("training", {}).get("rounds", []), start=1):
+    rounds_trained = weights.get("training", {}).get("rounds", [])
+    for number, (round_info, command) in enumerate(zip(rounds_trained, round_commands(rounds_trained)), start=1):
         run = round_info["config"]
-        model = run["model"]
         wall = round_info.get("log_tail", {}).get("logged_wall_seconds", 0)
-        command = TRAIN_COMMAND.format(steps=run["steps"], lr=run["learning_rate"], n=model["channels"],
-                                       m=model["latent_channels"], h=model["hyper_channels"])
-        if run.get("init"):  # the width comes from the weights fine-tuned
-            command = command.split(" --channels")[0] + f" --device cpu --init {Path(run['init']).stem}"
-        if (run["patch"], run["batch"]) != (128, 8):
-            command += f" --patch {run['patch']} --batch {run['batch']}"
-        ladder = ModelConfig(**model).lambdas
-        if ladder != previous_ladder:  # this round chose its own ladder
-            command += " --lambdas " + ",".join(f"{v:g}" for v in ladder)
-        previous_ladder = ladder
-        if run.get("init") and previous_latents not in (None, model["latent_channels"]):  # this round widened y
-            command += f" --latent-channels {model['latent_channels']}"
-        previous_latents = model["latent_channels"]
-        if run.get("level_weighting", 0.5) != 0.5:
-            command += f" --level-weighting {run['level_weighting']:g}"
-        command = command.replace("--out runs/default", f"--out {Path(round_info['run']).as_posix().split('/main/')[-1]}")
         lines.append(f"| {number} | {round_info['steps']} | {run['patch']} × {run['batch']} | "
                      f"{run['learning_rate']:g} | {round_info.get('hardware', 'CPU')} | {wall / 3600:.2f} h | "
                      f"`{command}` |")

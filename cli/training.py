@@ -25,7 +25,9 @@ from vaecodec.errors import UsageError
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
-@click.option("--channels", type=int, default=None, help="Model width N (new runs only).")
+@click.option("--channels", type=int, default=None,
+              help="Width N of g_a and g_s (new runs; with --init, more than the init model's widens them, "
+                   "keeping its outputs: see vaecodec/train/widen.py).")
 @click.option("--latent-channels", type=int, default=None,
               help="Channels of y (new runs; with --init, more than the init model's widens it, keeping its "
                    "outputs: see vaecodec/train/widen.py).")
@@ -45,6 +47,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
       vaecodec train --data ../shared/datasets/train --out runs/new --steps 20000
       vaecodec train --out runs/new --resume
       vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
+      vaecodec train --data ../shared/datasets/train --out runs/wide --init default \\
+          --channels 128 --latent-channels 192
       vaecodec train --data ../shared/datasets/train --out runs/round4 --init default \\
           --lambdas 0.00015,0.00046293,0.0014287,0.0044092,0.013608,0.041996,0.12961,0.4
     """
@@ -85,9 +89,12 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
             pretrained = model_from_weights(read_weights(path)[0])
             if ladder is not None:  # start each level's tables near where the new lambda wants them
                 pretrained = with_lambdas(pretrained, ladder)
+            if channels is not None:
+                pretrained = _with_channels(pretrained, channels)
+                channels = None  # used up: the widened model carries it into the config
             if latent_channels is not None:
                 pretrained = _widened(pretrained, latent_channels, data_dirs)
-                latent_channels = None  # used up: the widened model carries it into the config
+                latent_channels = None
             model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
             overrides["init"] = str(path)
         elif ladder is not None:
@@ -96,7 +103,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
                            ("hyper_channels", hyper_channels)):
             if value is not None:
                 if init_weights:
-                    raise UsageError("--init fixes the model width; drop --channels/--hyper-channels")
+                    raise UsageError("--init fixes the width of z; drop --hyper-channels")
                 model[key] = value
         config = RunConfig(data=[str(Path(d).resolve()) for d in data_dirs], model=model, **overrides)
 
@@ -116,6 +123,15 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
 
         trainer.run(progress)
     click.echo(f"stopped at step {trainer.step}; checkpoint in {checkpoint.location(run_path)}", err=True)
+
+
+def _with_channels(model, channels: int):
+    from vaecodec.train.widen import with_channels
+
+    if channels < model.config.channels:
+        raise UsageError(f"--channels {channels} is fewer than the init model's {model.config.channels}; "
+                         f"the transforms can only be widened")
+    return with_channels(model, channels)
 
 
 def _widened(model, latent_channels: int, data_dirs):

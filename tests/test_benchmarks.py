@@ -214,3 +214,21 @@ def test_ceiling_reports_every_level_with_finite_psnr_and_spread():
         assert 0 <= row["channels_over_one_step"] <= 16
     # larger gains spread y over more quantization steps
     assert rows[-1]["smallest_channel_std"] >= rows[0]["smallest_channel_std"]
+
+
+def test_model_card_commands_name_what_each_round_changed():
+    from benchmarks.model_card import round_commands
+
+    model = {"channels": 64, "latent_channels": 128, "hyper_channels": 64, "levels": 8,
+             "lambdas": [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18]}
+    first = {"run": "/work/main/runs/default", "config": {"steps": 100, "learning_rate": 3e-4, "patch": 128,
+                                                            "batch": 8, "model": model}}
+    wider = {**model, "channels": 128, "latent_channels": 192}
+    second = {"run": "/work/main/runs/wide", "config": {"steps": 50, "learning_rate": 1e-4, "patch": 256, "batch": 4,
+                                                         "model": wider, "init": "pretrained/mshp-n64.pt",
+                                                         "level_weighting": 0.25}}
+    new_run, widening = round_commands([first, second])
+    assert "--channels 64 --latent-channels 128 --hyper-channels 64" in new_run and "--init" not in new_run
+    assert widening == ("vaecodec train --data ../shared/datasets/train --out runs/wide --steps 50 --lr 0.0001 "
+                        "--device cpu --init mshp-n64 --patch 256 --batch 4 --channels 128 --latent-channels 192 "
+                        "--level-weighting 0.25")

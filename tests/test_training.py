@@ -183,7 +183,36 @@ def test_widening_the_latents_keeps_the_reconstructions_and_trains_the_new_chann
     assert widened.g_s[0].weight.grad[16:].abs().sum() > 0
 
 
-def test_train_init_can_widen_the_latents_of_shipped_weights(data_dir, tmp_path):
+def test_widening_the_transforms_keeps_their_outputs_and_lets_the_copies_drift_apart():
+    from vaecodec.train.widen import with_channels
+
+    torch.manual_seed(0)
+    model = HyperpriorVAE(ModelConfig(8, 16, 8)).eval()
+    with torch.no_grad():  # pools across units, as in a trained GDN (a fresh one divides each unit by itself)
+        for gdn in (*model.g_a[1::2], *model.g_s[1::2]):
+            gdn.gamma.add_(0.3 * torch.rand_like(gdn.gamma))
+    widened = with_channels(model, 13).eval()
+    assert widened.config.channels == 13 and widened.g_a[2].weight.shape == (13, 13, 5, 5)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        y = model.g_a(x)
+        assert torch.allclose(widened.g_a(x), y, rtol=1e-4, atol=1e-5 * y.abs().max())
+        x_hat = model.g_s(y)
+        assert torch.allclose(widened.g_s(y), x_hat, rtol=1e-4, atol=1e-5 * x_hat.abs().max())
+    with pytest.raises(ValueError):
+        with_channels(model, 6)
+
+    # each new unit starts as a copy of an old one but is read with other weights, so it gets its own gradient
+    filters = widened.g_a[0].weight.detach()
+    copied = [next(j for j in range(8) if torch.equal(filters[i], filters[j])) for i in range(8, 13)]
+    widened.train()
+    (widened.g_s(widened.g_a(x)) - x).pow(2).mean().backward()
+    gradient = widened.g_a[0].weight.grad
+    for new_unit, old_unit in zip(range(8, 13), copied):
+        assert not torch.allclose(gradient[new_unit], gradient[old_unit])
+
+
+def test_train_init_can_widen_the_transforms_and_latents_of_shipped_weights(data_dir, tmp_path):
     from click.testing import CliRunner
 
     from cli.main import cli
@@ -191,13 +220,13 @@ def test_train_init_can_widen_the_latents_of_shipped_weights(data_dir, tmp_path)
     run_and_collect(Trainer(tmp_path / "run", tiny_config(data_dir, 2)))
     export_run(tmp_path / "run", tmp_path / "tiny.pt", verify_images=0)
     result = CliRunner().invoke(cli, ["train", "--data", str(data_dir), "--out", str(tmp_path / "wide"),
-                                       "--init", str(tmp_path / "tiny.pt"), "--latent-channels", "24",
+                                       "--init", str(tmp_path / "tiny.pt"), "--channels", "12", "--latent-channels", "24",
                                        "--steps", "2", "--patch", "64", "--batch", "2", "--threads", "1",
                                        "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = export_run(tmp_path / "wide", tmp_path / "wide.pt", verify_images=1)
     assert report["symbols_identical"]
     codec = vaecodec.load(str(tmp_path / "wide.pt"), device="cpu")
-    assert codec.config.latent_channels == 24
+    assert (codec.config.channels, codec.config.latent_channels) == (12, 24)
     image = Image.open(next(data_dir.glob("*.png")))
     assert codec.decompress(codec.compress(image, 8)).size == image.size

@@ -55,9 +55,19 @@ class GDN(nn.Module):
         self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self._PEDESTAL))
         self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self._PEDESTAL))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def effective_parameters(self) -> tuple:
+        """(beta, gamma) as the layer applies them, after the bounds and the reparametrization."""
         beta = lower_bound(self.beta, self._beta_bound) ** 2 - self._PEDESTAL
         gamma = lower_bound(self.gamma, self._PEDESTAL ** 0.5) ** 2 - self._PEDESTAL
+        return beta, gamma
+
+    @classmethod
+    def stored_parameters(cls, beta: torch.Tensor, gamma: torch.Tensor) -> tuple:
+        """The stored (beta, gamma) parameters that apply the given effective ones."""
+        return (beta + cls._PEDESTAL).sqrt(), (gamma + cls._PEDESTAL).sqrt()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta, gamma = self.effective_parameters()
         norm = F.conv2d(x * x, gamma[:, :, None, None], beta)
         return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
 

@@ -1,13 +1,34 @@
-"""Give a trained model more latent channels without changing its reconstructions (``train --init
---latent-channels``).
+"""Give a trained model more channels without changing what it computes (``train --init --channels`` and
+``train --init --latent-channels``).
 
-Why: at the top qualities every one of mshp-n64's 128 latent channels carries variance (the weakest has a
-standard deviation above 2 quantization steps), and its transforms cannot reconstruct held-out crops better
+Both follow Net2Net (Chen, Goodfellow, Shlens, "Net2Net: accelerating learning via knowledge transfer",
+ICLR 2016): the wider model starts as an exact copy of the trained one, so training continues from its
+rate-distortion point instead of from scratch.
+
+Hidden channels (``with_channels``): every hidden layer of g_a and g_s gets more units; each new unit copies an
+old one (its filters, bias and GDN row) and the copies share the old unit's outgoing weights. GDN's
+normalisation pool sums over units, so each copy's weight in every pool is divided by the number of copies:
+the pools, and with them every output, stay the same. The outgoing weights are split unequally (random shares
+per weight that sum to the old weight), which keeps the output but gives each copy its own gradient, so the
+copies can drift apart (with equal shares they would stay copies forever).
+
+Measured on the 2-core CPU (session of 2026-11-24, throwaway probes on the held-out training crops): widening
+mshp-n64's hidden layers does not pay within CPU budgets. Training only g_s at width 64 on the frozen
+latents (lr 1e-4) lost 0.06-0.08 dB at the top levels after 1500 steps, and a 128-wide g_s lost 0.11 dB after
+500: the decoder is not what limits the top levels. A 128-wide g_a trained alone, decoder frozen (lr 5e-5),
+was +0.2% BD-rate worse after 1000 steps; per-level channel scales and biases after every (I)GDN
+(conditional convolutions, Choi et al. 2019), trained alone at lr 1e-3, moved BD-rate by noise (-0.6% to
++0.1% over 1750 steps). Encoder-side latent refinement closes 7% (benchmarks/results/refine.md), so the
+amortization gap of g_a is real, but closing it by training needs far more steps than a CPU session has.
+The tool is for a GPU round: ``--channels 128 --latent-channels 192`` and a long joint fine-tune.
+
+Latent channels (``with_latent_channels``). Why: at the top qualities every one of mshp-n64's 128 latent
+channels carries variance (the weakest has a standard deviation above 2 quantization steps), and its transforms cannot reconstruct held-out crops better
 than about 30.9 dB even from unquantized latents, with the top level within 0.1 dB of that ceiling
 (``benchmarks.ceiling``): y is too narrow. More latent channels cost little compute, since y lives at 1/16 of
 the image resolution.
 
-How (in the spirit of Net2Net, Chen, Goodfellow, Shlens, ICLR 2016): the new channels of y start as random
+How: the new channels of y start as random
 projections of g_a's last features, with g_a rows as large as the old ones but a per-channel gain set so that
 at the top level their spread is about half a quantization step (``TOP_LEVEL_RMS``); their inverse gains
 undo that. They get mean 0 and, at every level, the scale of their spread (so they cost their entropy, not
@@ -16,7 +37,7 @@ of the old model (up to float rounding); only the rate grows, and only at the to
 learns g_s's readout of the new symbols (a consistent least-squares gradient, because they are not zero) and
 reshapes or silences each channel as its bits pay off.
 
-Measured on the 2-core CPU (session of 2026-11-24), widening mshp-n64 from 128 to 192 channels did not pay
+Measured on the 2-core CPU (an earlier session of 2026-11-24), widening mshp-n64 from 128 to 192 channels did not pay
 within an hour: over 5000 steps at learning rate 1e-4 (level weighting 0.5, then 0.25 from step 1855) g_s's
 readout grew only to a sixth of the old weights' size while the rate shrank the new channels (3% nonzero
 symbols at the top level), and held-out PSNR fell 0.2-0.5 dB. Two other starts fared worse: exactly zero at
@@ -32,6 +53,7 @@ there).
 import torch
 
 from ..integer_net import SCALE_SHIFT_UNIT
+from ..layers import GDN
 from ..model import HyperpriorVAE, ModelConfig
 
 TOP_LEVEL_RMS = 0.5  # spread of each new channel at the top level, in quantization steps
@@ -91,3 +113,56 @@ def _fit_new_gains_and_scales(model: HyperpriorVAE, first_new: int, calibration:
     model.log_inverse_gain[:, first_new:] += log_shift
     position = model.y_conditional.position_of_scale(rms * model.log_gain[:, first_new:].exp())  # (levels, added)
     model.h_s.level_scale_shift[:, first_new:] = position / SCALE_SHIFT_UNIT
+
+
+SPLIT_NOISE = 0.5  # spread of the random shares of an old unit's outgoing weights among its copies, relative
+
+
+def with_channels(model: HyperpriorVAE, channels: int, seed: int = 0) -> HyperpriorVAE:
+    """A copy of ``model`` whose g_a and g_s hidden layers have ``channels`` >= N units: same outputs."""
+    old = model.config.channels
+    if channels < old:
+        raise ValueError(f"cannot shrink the transforms from {old} to {channels} channels")
+    generator = torch.Generator().manual_seed(seed)
+    state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    # unit i of the wider layers copies old unit copy_of[i]; each old unit gets at most one more copy than any other
+    extra = torch.cat([torch.randperm(old, generator=generator) for _ in range(-(-(channels - old) // old))])
+    for prefix, transposed in (("g_a", False), ("g_s", True)):
+        copy_of = torch.cat([torch.arange(old), extra[: channels - old]])
+        copies = torch.bincount(copy_of, minlength=old).float()
+        for layer in (0, 2, 4, 6):  # convolutions; 1, 3, 5 are the (inverse) GDNs between them
+            weight = state[f"{prefix}.{layer}.weight"]
+            out_dim, in_dim = (1, 0) if transposed else (0, 1)  # ConvTranspose2d stores (in, out, k, k)
+            if layer > 0:  # reads the hidden units: the copies share each outgoing weight
+                weight = _split_among_copies(weight.index_select(in_dim, copy_of), in_dim, copy_of, copies,
+                                             generator)
+            if layer < 6:  # writes hidden units: the copies repeat their unit's filters and bias
+                weight = weight.index_select(out_dim, copy_of)
+                state[f"{prefix}.{layer}.bias"] = state[f"{prefix}.{layer}.bias"][copy_of]
+            state[f"{prefix}.{layer}.weight"] = weight
+        for layer in (1, 3, 5):
+            beta, gamma = _widened_gdn(getattr(model, prefix)[layer], copy_of, copies)
+            state[f"{prefix}.{layer}.beta"], state[f"{prefix}.{layer}.gamma"] = beta, gamma
+    widened = HyperpriorVAE(ModelConfig(**{**model.config.to_dict(), "channels": channels}))
+    widened.load_state_dict(state)
+    return widened
+
+
+def _split_among_copies(weight, dim, copy_of, copies, generator):
+    """Weights read from the copies of a unit, in random shares that sum to the old unit's weight."""
+    shape = [1] * weight.dim()
+    shape[dim] = -1
+    share = 1 / copies[copy_of].view(shape)
+    noise = (torch.rand(weight.shape, generator=generator) - 0.5) * SPLIT_NOISE
+    # centre the noise within each group of copies, so the shares still sum to one (a lone unit gets none)
+    group_shape = list(weight.shape)
+    group_shape[dim] = len(copies)
+    group_sum = torch.zeros(group_shape).index_add_(dim, copy_of, noise)
+    noise -= group_sum.index_select(dim, copy_of) * share
+    return weight * share * (1 + noise)
+
+
+def _widened_gdn(gdn: GDN, copy_of, copies) -> tuple:
+    """Stored (beta, gamma) of a wider GDN: the copies repeat their unit's row and weigh 1/copies in each pool."""
+    beta, gamma = (p.detach().float() for p in gdn.effective_parameters())
+    return GDN.stored_parameters(beta[copy_of], gamma[copy_of][:, copy_of] / copies[copy_of][None, :])
