@@ -1,0 +1,53 @@
+"""Build ``.carry/``: what a training call on the lent GPU machine needs and the machine lacks.
+
+    python tools/prepare_carry.py [--data ../shared/datasets/train] [--out .carry]
+
+The device machine gets a copy of the working tree (at most 64 MiB with the carried paths) but not
+``../shared``, and its Python has torch, numpy, click and Pillow but not constriction, with no internet.
+So this writes
+  - ``.carry/train/``: every training photo re-saved as WebP quality 85 with its long side at most 576 px
+    (about 29 MiB for the 753 photos; training downscales by a random factor anyway, and its crops are 256 px);
+  - ``.carry/whl/``: the constriction wheel for CPython 3.12 on manylinux x86_64 (``pip download``).
+``.carry`` is listed in ``.gitignore``; pass it to the device in ``carry``. See README, "Training on a GPU".
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vaecodec.train.data import list_images, load_rgb  # noqa: E402
+
+LONG_SIDE = 576
+WEBP_QUALITY = 85
+CONSTRICTION = "constriction==0.5.0"
+
+
+@click.command()
+@click.option("--data", default="../shared/datasets/train", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=".carry", type=click.Path(file_okay=False))
+def main(data, out):
+    data, out = Path(data), Path(out)
+    train = out / "train"
+    files = list_images([data])
+    with click.progressbar(files, label="training photos", file=sys.stderr) as bar:
+        for path in bar:
+            target = train / path.relative_to(data).with_suffix(".webp")
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image = load_rgb(path)
+            image.thumbnail((LONG_SIDE, LONG_SIDE), Image.LANCZOS)
+            image.save(target, quality=WEBP_QUALITY)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--platform", "manylinux2014_x86_64", "-d", str(out / "whl"),
+                    CONSTRICTION], check=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    click.echo(f"{out}: {len(files)} photos and the constriction wheel, {size / 2**20:.1f} MiB", err=True)
+
+
+if __name__ == "__main__":
+    main()
