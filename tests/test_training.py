@@ -228,5 +228,7 @@ def test_train_init_can_widen_the_transforms_and_latents_of_shipped_weights(data
     assert report["symbols_identical"]
     codec = vaecodec.load(str(tmp_path / "wide.pt"), device="cpu")
     assert (codec.config.channels, codec.config.latent_channels) == (12, 24)
+    history = read_weights(tmp_path / "wide.pt")[0]["training"]["rounds"]  # the init's round, then this one
+    assert [Path(r["run"]).name for r in history] == ["run", "wide"]
     image = Image.open(next(data_dir.glob("*.png")))
     assert codec.decompress(codec.compress(image, 8)).size == image.size

@@ -6,9 +6,9 @@
 #
 # A new RUN starts with the given options (data: .carry/train); an existing runs/RUN resumes (options such as
 # --steps then change the run). Training stops after MINUTES with a checkpoint (SIGINT); then the run is
-# exported, with the shipped model's training history, to $OUT/mshp-n64.pt, and its log and config are copied
-# to $OUT. The run folder stays on the machine for the next call only while it is warm (about 30 s), so chain
-# calls at once.
+# exported to $OUT/mshp-n64.pt, after the training history of its --init weights, and its log and config are
+# copied to $OUT. The run folder stays on the machine for the next call only while it is warm (about 30 s), so
+# chain calls at once.
 set -euo pipefail
 run=$1 minutes=$2
 shift 2
@@ -31,9 +31,7 @@ timeout -s INT "${minutes}m" python3 -m cli.main train "${options[@]}" > "runs/$
 tail -c 400 "runs/$run.log" | tr '\r' '\n' | tail -n 2
 [ "$status" -eq 0 ] || [ "$status" -eq 124 ] || exit "$status"  # 124: stopped by the timeout, checkpointed
 
-cp pretrained/mshp-n64.pt "$out/mshp-n64.pt"  # export appends this round to the shipped training history
 python3 -m cli.main export "runs/$run" -o "$out/mshp-n64.pt" > "$out/export.json"
-rm -rf "$out/archive"  # the release it replaced is the one in pretrained/
 cp "runs/$run/log.jsonl" "runs/$run/config.json" "$out/"
 python3 - "$out/export.json" <<'PY'
 import json, sys

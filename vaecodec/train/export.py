@@ -132,13 +132,8 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     started = time.time()
     quantile_loss = fit_tail_quantiles(model)
     name = name or out_path.stem
-    previous = {}
-    if out_path.exists():  # keep the training history of earlier rounds
-        try:
-            previous = read_weights(out_path)[0].get("training", {})
-        except Exception:
-            previous = {}
-    history = list(previous.get("rounds", []))
+    # the earlier rounds: those of the release being replaced, else those of the weights the run started from
+    history = _training_rounds(out_path) or _training_rounds(config.get("init"))
     history.append({"run": str(run_dir), "steps": checkpoint["step"], "config": config,
                     "hardware": config.get("hardware", ""),
                     "log_tail": _log_summary(run_dir)})
@@ -159,6 +154,16 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
         "symbols_identical": all(c["symbols_identical"] for c in checks),
     }
     return report
+
+
+def _training_rounds(weights_file) -> list:
+    """The training history stored in a weights file; empty if there is no readable file."""
+    if not weights_file or not Path(weights_file).exists():
+        return []
+    try:
+        return list(read_weights(weights_file)[0].get("training", {}).get("rounds", []))
+    except Exception:  # an unreadable file has no history to keep; export then starts a new one
+        return []
 
 
 def _log_summary(run_dir: Path) -> dict:
