@@ -12,15 +12,18 @@ the pools, and with them every output, stay the same. The outgoing weights are s
 per weight that sum to the old weight), which keeps the output but gives each copy its own gradient, so the
 copies can drift apart (with equal shares they would stay copies forever).
 
-Measured on the 2-core CPU (session of 2026-11-24, throwaway probes on the held-out training crops): widening
-mshp-n64's hidden layers does not pay within CPU budgets. Training only g_s at width 64 on the frozen
-latents (lr 1e-4) lost 0.06-0.08 dB at the top levels after 1500 steps, and a 128-wide g_s lost 0.11 dB after
-500: the decoder is not what limits the top levels. A 128-wide g_a trained alone, decoder frozen (lr 5e-5),
-was +0.2% BD-rate worse after 1000 steps; per-level channel scales and biases after every (I)GDN
-(conditional convolutions, Choi et al. 2019), trained alone at lr 1e-3, moved BD-rate by noise (-0.6% to
-+0.1% over 1750 steps). Encoder-side latent refinement closes 7% (benchmarks/results/refine.md), so the
-amortization gap of g_a is real, but closing it by training needs far more steps than a CPU session has.
-The tool is for a GPU round: ``--channels 128 --latent-channels 192`` and a long joint fine-tune.
+Measured on the 2-core CPU (session of 2026-11-24): widening mshp-n64's hidden layers does not pay within CPU
+budgets. A joint fine-tune after ``--channels 96`` (round 5's recipe: lr 5e-5, patch 256 x batch 4, 7000 steps,
+lr/10 for the last 15%, 1.2 h) ended 0.57% below round 5 in BD-rate on the held-out validation crops (model
+estimate) and 0.23% below it with real files on the 16 held-out photos, while encoding took 1.75x and decoding
+1.58x as long (kodim23, one thread): not shipped. Throwaway probes on the held-out crops agree: training only
+g_s at width 64 on the frozen latents (lr 1e-4) lost 0.06-0.08 dB at the top levels after 1500 steps, and a
+128-wide g_s lost 0.11 dB after 500, so the decoder is not what limits the top levels; a 128-wide g_a trained
+alone, decoder frozen (lr 5e-5), was 0.2% worse after 1000 steps; per-level channel scales and biases after
+every (I)GDN (conditional convolutions, Choi et al. 2019), trained alone at lr 1e-3, moved BD-rate by noise
+(-0.6% to +0.1% over 1750 steps). Encoder-side latent refinement gains 7% (benchmarks/results/refine.md), so
+g_a's amortization gap is real, but closing it by training needs far more steps than a CPU session has. The
+tool is for a GPU round: ``--channels 128 --latent-channels 192`` and a long joint fine-tune.
 
 Latent channels (``with_latent_channels``). Why: at the top qualities every one of mshp-n64's 128 latent
 channels carries variance (the weakest has a standard deviation above 2 quantization steps), and its transforms cannot reconstruct held-out crops better
