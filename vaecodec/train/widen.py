@@ -1,48 +1,48 @@
-"""Give a trained model more channels without changing what it computes (``train --init --channels`` and
-``train --init --latent-channels``).
+"""Give a trained model more channels without changing what it computes (``train --init --channels`` and ``train
+--init --latent-channels``).
 
-Both follow Net2Net (Chen, Goodfellow, Shlens, "Net2Net: accelerating learning via knowledge transfer",
-ICLR 2016): the wider model starts as an exact copy of the trained one, so training continues from its
-rate-distortion point instead of from scratch.
+Both follow Net2Net (Chen, Goodfellow, Shlens, "Net2Net: accelerating learning via knowledge transfer", ICLR
+2016): the wider model starts as an exact copy of the trained one, so training continues from its rate-
+distortion point instead of from scratch.
 
-Hidden channels (``with_channels``): every hidden layer of g_a and g_s gets more units; each new unit copies an
-old one (its filters, bias and GDN row) and the copies share the old unit's outgoing weights. GDN's
+Hidden channels (``with_channels``): every hidden layer of g_a and g_s gets more units; each new unit copies
+an old one (its filters, bias and GDN row) and the copies share the old unit's outgoing weights. GDN's
 normalisation pool sums over units, so each copy's weight in every pool is divided by the number of copies:
 the pools, and with them every output, stay the same. The outgoing weights are split unequally (random shares
 per weight that sum to the old weight), which keeps the output but gives each copy its own gradient, so the
 copies can drift apart (with equal shares they would stay copies forever).
 
 Measured on the 2-core CPU (session of 2026-11-24): widening mshp-n64's hidden layers does not pay within CPU
-budgets. A joint fine-tune after ``--channels 96`` (round 5's recipe: lr 5e-5, patch 256 x batch 4, 7000 steps,
-lr/10 for the last 15%, 1.2 h) ended 0.57% below round 5 in BD-rate on the held-out validation crops (model
-estimate) and 0.23% below it with real files on the 16 held-out photos, while encoding took 1.75x and decoding
-1.58x as long (kodim23, one thread): not shipped. Throwaway probes on the held-out crops agree: training only
-g_s at width 64 on the frozen latents (lr 1e-4) lost 0.06-0.08 dB at the top levels after 1500 steps, and a
-128-wide g_s lost 0.11 dB after 500, so the decoder is not what limits the top levels; a 128-wide g_a trained
-alone, decoder frozen (lr 5e-5), was 0.2% worse after 1000 steps; per-level channel scales and biases after
-every (I)GDN (conditional convolutions, Choi et al. 2019), trained alone at lr 1e-3, moved BD-rate by noise
-(-0.6% to +0.1% over 1750 steps). Encoder-side latent refinement gains 7% (benchmarks/results/refine.md), so
-g_a's amortization gap is real, but closing it by training needs far more steps than a CPU session has. The
-tool is for a GPU round: ``--channels 128 --latent-channels 192`` and a long joint fine-tune.
+budgets. A joint fine-tune after ``--channels 96`` (round 5's recipe: lr 5e-5, patch 256 x batch 4, 7000
+steps, lr/10 for the last 15%, 1.2 h) ended 0.57% below round 5 in BD-rate on the held-out validation crops
+(model estimate) and 0.23% below it with real files on the 16 held-out photos, while encoding took 1.75x and
+decoding 1.58x as long (kodim23, one thread): not shipped. Throwaway probes on the held-out crops agree:
+training only g_s at width 64 on the frozen latents (lr 1e-4) lost 0.06-0.08 dB at the top levels after 1500
+steps, and a 128-wide g_s lost 0.11 dB after 500, so the decoder is not what limits the top levels; a 128-wide
+g_a trained alone, decoder frozen (lr 5e-5), was 0.2% worse after 1000 steps; per-level channel scales and
+biases after every (I)GDN (conditional convolutions, Choi et al. 2019), trained alone at lr 1e-3, moved BD-
+rate by noise (-0.6% to +0.1% over 1750 steps). Encoder-side latent refinement gains 7%
+(benchmarks/results/refine.md), so g_a's amortization gap is real, but closing it by training needs far more
+steps than a CPU session has. The tool is for a GPU round: ``--channels 128 --latent-channels 192`` and a long
+joint fine-tune.
 
 Latent channels (``with_latent_channels``). Why: at the top qualities every one of mshp-n64's 128 latent
-channels carries variance (the weakest has a standard deviation above 2 quantization steps), and its transforms cannot reconstruct held-out crops better
-than about 30.9 dB even from unquantized latents, with the top level within 0.1 dB of that ceiling
-(``benchmarks.ceiling``): y is too narrow. More latent channels cost little compute, since y lives at 1/16 of
-the image resolution.
+channels carries variance (the weakest has a standard deviation above 2 quantization steps), and its
+transforms cannot reconstruct held-out crops better than about 30.9 dB even from unquantized latents, with the
+top level within 0.1 dB of that ceiling (``benchmarks.ceiling``): y is too narrow. More latent channels cost
+little compute, since y lives at 1/16 of the image resolution.
 
-How: the new channels of y start as random
-projections of g_a's last features, with g_a rows as large as the old ones but a per-channel gain set so that
-at the top level their spread is about half a quantization step (``TOP_LEVEL_RMS``); their inverse gains
-undo that. They get mean 0 and, at every level, the scale of their spread (so they cost their entropy, not
-escape codes). g_s reads them with zero weights and h_a with zero weights, so reconstructions and z are those
-of the old model (up to float rounding); only the rate grows, and only at the top levels. Training then
-learns g_s's readout of the new symbols (a consistent least-squares gradient, because they are not zero) and
-reshapes or silences each channel as its bits pay off.
+How: the new channels of y start as random projections of g_a's last features, with g_a rows as large as the
+old ones but a per-channel gain set so that at the top level their spread is about half a quantization step
+(``TOP_LEVEL_RMS``); their inverse gains undo that. They get mean 0 and, at every level, the scale of their
+spread (so they cost their entropy, not escape codes). g_s reads them with zero weights and h_a with zero
+weights, so reconstructions and z are those of the old model (up to float rounding); only the rate grows, and
+only at the top levels. Training then learns g_s's readout of the new symbols (a consistent least-squares
+gradient, because they are not zero) and reshapes or silences each channel as its bits pay off.
 
-Measured on the 2-core CPU (an earlier session of 2026-11-24), widening mshp-n64 from 128 to 192 channels did not pay
-within an hour: over 5000 steps at learning rate 1e-4 (level weighting 0.5, then 0.25 from step 1855) g_s's
-readout grew only to a sixth of the old weights' size while the rate shrank the new channels (3% nonzero
+Measured on the 2-core CPU (an earlier session of 2026-11-24), widening mshp-n64 from 128 to 192 channels did
+not pay within an hour: over 5000 steps at learning rate 1e-4 (level weighting 0.5, then 0.25 from step 1855)
+g_s's readout grew only to a sixth of the old weights' size while the rate shrank the new channels (3% nonzero
 symbols at the top level), and held-out PSNR fell 0.2-0.5 dB. Two other starts fared worse: exactly zero at
 the smallest scale (any value then costs many bits, so the rate held them at zero), and rows at 0.1 of the old
 rows' size (Adam's fixed-size steps shrank them within a few hundred steps). Training only the new channels
@@ -130,12 +130,12 @@ def with_channels(model: HyperpriorVAE, channels: int, seed: int = 0) -> Hyperpr
     state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     # unit i of the wider layers copies old unit copy_of[i]; each old unit gets at most one more copy than any other
     extra = torch.cat([torch.randperm(old, generator=generator) for _ in range(-(-(channels - old) // old))])
+    copy_of = torch.cat([torch.arange(old), extra[: channels - old]])
+    copies = torch.bincount(copy_of, minlength=old).float()
     for prefix, transposed in (("g_a", False), ("g_s", True)):
-        copy_of = torch.cat([torch.arange(old), extra[: channels - old]])
-        copies = torch.bincount(copy_of, minlength=old).float()
+        out_dim, in_dim = (1, 0) if transposed else (0, 1)  # ConvTranspose2d stores (in, out, k, k)
         for layer in (0, 2, 4, 6):  # convolutions; 1, 3, 5 are the (inverse) GDNs between them
             weight = state[f"{prefix}.{layer}.weight"]
-            out_dim, in_dim = (1, 0) if transposed else (0, 1)  # ConvTranspose2d stores (in, out, k, k)
             if layer > 0:  # reads the hidden units: the copies share each outgoing weight
                 weight = _split_among_copies(weight.index_select(in_dim, copy_of), in_dim, copy_of, copies,
                                              generator)
