@@ -6,7 +6,8 @@ The device machine gets a copy of the working tree (at most 64 MiB with the carr
 ``../shared``, and its Python has torch, numpy, click and Pillow but not constriction, with no internet.
 So this writes
   - ``.carry/train/``: every training photo re-saved as WebP quality 85 with its long side at most 576 px
-    (about 29 MiB for the 753 photos; training downscales by a random factor anyway, and its crops are 256 px);
+    (about 29 MiB for the 753 photos; training downscales by a random factor anyway, and its crops are 256 px;
+    ``--long-side`` trades size for detail when the tracked tree grows);
   - ``.carry/whl/``: the constriction wheel for CPython 3.12 on manylinux x86_64 (``pip download``).
 ``.carry`` is listed in ``.gitignore``; pass it to the device in ``carry``. See README, "Training on a GPU".
 """
@@ -24,12 +25,15 @@ from vaecodec.train.data import list_images, load_rgb  # noqa: E402
 LONG_SIDE = 576
 WEBP_QUALITY = 85
 CONSTRICTION = "constriction==0.5.0"
+DEVICE_TREE_MIB = 64  # what the device machine takes: working tree plus carried paths
 
 
 @click.command()
 @click.option("--data", default="../shared/datasets/train", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default=".carry", type=click.Path(file_okay=False))
-def main(data, out):
+@click.option("--long-side", default=LONG_SIDE, show_default=True,
+              help="Longest image side; lower it when the tracked tree has grown and the total exceeds 64 MiB.")
+def main(data, out, long_side):
     data, out = Path(data), Path(out)
     train = out / "train"
     files = list_images([data])
@@ -40,13 +44,18 @@ def main(data, out):
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             image = load_rgb(path)
-            image.thumbnail((LONG_SIDE, LONG_SIDE), Image.LANCZOS)
+            image.thumbnail((long_side, long_side), Image.LANCZOS)
             image.save(target, quality=WEBP_QUALITY)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--platform", "manylinux2014_x86_64", "-d", str(out / "whl"),
                     CONSTRICTION], check=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    click.echo(f"{out}: {len(files)} photos and the constriction wheel, {size / 2**20:.1f} MiB", err=True)
+    tracked = subprocess.run(["git", "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    tree = sum(Path(name.decode()).stat().st_size for name in tracked if name and Path(name.decode()).is_file())
+    total = (size + tree) / 2**20
+    click.echo(f"{out}: {len(files)} photos and the constriction wheel, {size / 2**20:.1f} MiB; with the tracked "
+               f"tree {total:.1f} MiB of the device's {DEVICE_TREE_MIB} MiB"
+               + ("" if total <= DEVICE_TREE_MIB else ": too large, rebuild with a smaller --long-side"), err=True)
 
 
 if __name__ == "__main__":
