@@ -80,6 +80,19 @@ def test_export_loads_and_round_trips_and_can_seed_a_new_run(data_dir, tmp_path)
         assert torch.equal(rebuilt[key][at_trained_levels], table[at_trained_levels]), key
 
 
+def test_closing_the_crop_pool_stops_its_background_build_and_batches_still_come(data_dir):
+    from vaecodec.train.data import CropPool, list_images
+
+    pool = CropPool(list_images([data_dir]), pool_crop=96, crops_per_image=2, pool_steps=2)
+    generator = torch.Generator().manual_seed(0)
+    first = pool.batch(0, 2, 64, generator)  # serves pool 0 and starts building pool 1 in the background
+    builder = pool._next[1]
+    pool.close()
+    assert not builder.is_alive() and pool._next is None
+    assert pool.batch(1, 2, 64, generator).shape == first.shape  # still pool 0
+    assert pool.batch(2, 2, 64, generator).shape == first.shape  # pool 1, built again after the close
+
+
 def test_checkpoints_are_split_into_small_parts_and_swapped_atomically(tmp_path, monkeypatch):
     from vaecodec.train import checkpoint
 

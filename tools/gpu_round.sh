@@ -6,14 +6,15 @@
 #
 # A new RUN starts with the given options (data: .carry/train); an existing runs/RUN resumes (options such as
 # --steps then change the run). Training stops after MINUTES with a checkpoint (SIGINT); then the run is
-# exported to $OUT/mshp-n64.pt, after the training history of its --init weights, and its log and config are
-# copied to $OUT. The run folder stays on the machine for the next call only while it is warm (about 30 s), so
-# chain calls at once.
+# exported to $OUT/$NAME.pt (default mshp-n64), after the training history of its --init weights, and its
+# config and log are copied to $OUT. The run folder stays on the machine for the next call only while it is
+# warm (about 30 s), so chain calls at once.
 set -euo pipefail
 run=$1 minutes=$2
 shift 2
 out=${OUT:-/tmp/gpu-round}
 device=${DEVICE:-cuda}
+name=${NAME:-mshp-n64}  # weights name written into .vae headers; say the width if a round changes it
 mkdir -p "$out"
 if ! python3 -c "import constriction" 2>/dev/null; then  # the device image lacks it and has no internet
     pip install -q --no-index --no-deps --target /tmp/site .carry/whl/constriction-*.whl
@@ -31,8 +32,9 @@ timeout -s INT "${minutes}m" python3 -m cli.main train "${options[@]}" > "runs/$
 tail -c 400 "runs/$run.log" | tr '\r' '\n' | tail -n 2
 [ "$status" -eq 0 ] || [ "$status" -eq 124 ] || exit "$status"  # 124: stopped by the timeout, checkpointed
 
-python3 -m cli.main export "runs/$run" -o "$out/mshp-n64.pt" > "$out/export.json"
-cp "runs/$run/log.jsonl" "runs/$run/config.json" "$out/"
+python3 -m cli.main export "runs/$run" -o "$out/$name.pt" > "$out/export.json"
+cp "runs/$run/config.json" "$out/"
+[ ! -f "runs/$run/log.jsonl" ] || cp "runs/$run/log.jsonl" "$out/"  # none before the first logged step
 python3 - "$out/export.json" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))

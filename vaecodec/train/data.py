@@ -65,12 +65,16 @@ def random_crops(path, crop: int, count: int, rng: random.Random) -> list:
     return crops
 
 
-def build_pool(files: list, crop: int, crops_per_image: int, seed: int, generation: int) -> torch.Tensor:
+def build_pool(files: list, crop: int, crops_per_image: int, seed: int, generation: int,
+               cancelled: threading.Event = None):
+    """The crops of pool ``generation`` as a (n, 3, crop, crop) uint8 tensor; None if cancelled on the way."""
     rng = random.Random(f"{seed}:{generation}")
     crops = []
     for path in files:
+        if cancelled is not None and cancelled.is_set():
+            return None
         crops += random_crops(path, crop, crops_per_image, rng)
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # (n, 3, crop, crop) uint8
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
 
 
 class CropPool:
@@ -85,15 +89,26 @@ class CropPool:
         self._generation = None
         self._pool = None
         self._next = None  # (generation, thread, result list)
+        self._cancelled = threading.Event()
 
     def _start_build(self, generation):
         result = []
         thread = threading.Thread(
-            target=lambda: result.append(
-                build_pool(self.files, self.pool_crop, self.crops_per_image, self.seed, generation)),
+            target=lambda: result.append(build_pool(self.files, self.pool_crop, self.crops_per_image, self.seed,
+                                                    generation, self._cancelled)),
             daemon=True)
         thread.start()
         self._next = (generation, thread, result)
+
+    def close(self):
+        """Stop building the next pool (within one image) and wait for it. A build still running when the
+        interpreter exits can abort the process (``terminate called without an active exception``), so the
+        trainer closes its pool whenever it stops."""
+        self._cancelled.set()
+        if self._next is not None:
+            self._next[1].join()
+        self._next = None
+        self._cancelled.clear()  # a later batch builds its pool again
 
     def _pool_for(self, step: int) -> torch.Tensor:
         generation = step // self.pool_steps
@@ -102,7 +117,7 @@ class CropPool:
                 self._start_build(generation)
             _, thread, result = self._next
             thread.join()
-            if not result:
+            if not result or result[0] is None:
                 raise RuntimeError("building the training crop pool failed")
             self._pool, self._generation = result[0].to(self.device), generation
             self._start_build(generation + 1)

@@ -191,6 +191,7 @@ class Trainer:
                     last_checkpoint = time.monotonic()
             self.save_checkpoint()
         finally:
+            self.pool.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return stats
