@@ -16,10 +16,10 @@ out=${OUT:-/tmp/gpu-round}
 device=${DEVICE:-cuda}
 name=${NAME:-mshp-n64}  # weights name written into .vae headers; say the width if a round changes it
 mkdir -p "$out"
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! python3 -c "import constriction" 2>/dev/null; then  # the device image lacks it and has no internet
     pip install -q --no-index --no-deps --target /tmp/site .carry/whl/constriction-*.whl
 fi
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ -d "runs/$run/checkpoint" ]; then
     options=(--out "runs/$run" --resume "$@")  # e.g. --steps N once the first call has measured steps/s
