@@ -1,0 +1,111 @@
+"""The Pillow plugin: Image.open and Image.save on .vae files, with the same bytes and pixels as the API."""
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image, UnidentifiedImageError
+
+import vaecodec
+import vaecodec.pillow
+from vaecodec import container
+from vaecodec.errors import InvalidFile, ModelMismatch, UsageError
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return vaecodec.load("default", device="cpu")
+
+
+@pytest.fixture
+def vae_file(tmp_path, small_png, codec):
+    path = tmp_path / "photo.vae"
+    path.write_bytes(codec.compress(small_png, quality=4))
+    return path
+
+
+def test_open_reads_the_header_and_load_decodes_like_the_api(vae_file, codec):
+    vaecodec.pillow.use(codec)
+    with Image.open(vae_file) as image:
+        assert image.format == "VAE" and image.size == (96, 64) and image.mode == "RGB"
+        assert image.info["quality"] == 4.0 and image.info["model"] == f"mshp-n64@{codec.model_hash.hex()}"
+        image.load()
+        assert image.tobytes() == codec.decompress(vae_file.read_bytes()).tobytes()
+    from_stream = Image.open(io.BytesIO(vae_file.read_bytes()))
+    assert from_stream.convert("RGB").tobytes() == codec.decompress(vae_file.read_bytes()).tobytes()
+
+
+def test_open_needs_no_torch_and_load_finds_the_model_itself(vae_file, codec, tmp_path):
+    expected = tmp_path / "expected.png"
+    codec.decompress(vae_file.read_bytes()).save(expected)
+    script = f"""
+import json, sys
+import vaecodec
+torch_with_package = "torch" in sys.modules
+import vaecodec.pillow
+from PIL import Image
+image = Image.open({str(vae_file)!r})
+opened = [image.size, image.mode, "torch" in sys.modules]
+image.load()
+print(json.dumps([torch_with_package, opened, image.tobytes() == Image.open({str(expected)!r}).tobytes()]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    torch_with_package, (size, mode, torch_after_open), same_pixels = json.loads(result.stdout)
+    assert size == [96, 64] and mode == "RGB" and same_pixels
+    assert torch_after_open == torch_with_package  # opening adds no torch import to what `import vaecodec` does
+
+
+def test_save_writes_the_api_bytes_and_reopens(tmp_path, small_png, codec):
+    vaecodec.pillow.use(codec)
+    image = Image.open(small_png)
+    image.save(tmp_path / "saved.vae", quality=5)
+    assert (tmp_path / "saved.vae").read_bytes() == codec.compress(small_png, quality=5)
+    image.save(tmp_path / "default.vae")
+    assert container.unpack((tmp_path / "default.vae").read_bytes())[0].quality == container.DEFAULT_QUALITY
+    buffer = io.BytesIO()
+    image.convert("L").save(buffer, format="VAE", quality=2.5)
+    assert buffer.getvalue() == codec.compress(image.convert("L"), quality=2.5)
+    with Image.open(tmp_path / "saved.vae") as reopened:
+        assert reopened.size == image.size and reopened.mode == "RGB" and reopened.info["quality"] == 5.0
+        assert reopened.tobytes() == codec.decompress(codec.compress(small_png, quality=5)).tobytes()
+    gray = Image.open(buffer)
+    assert gray.mode == "L" and gray.size == image.size and gray.getextrema() != (0, 0)
+
+
+def test_save_refuses_a_jpeg_style_quality_and_leaves_no_file(tmp_path, small_png, codec):
+    vaecodec.pillow.use(codec)
+    with pytest.raises(UsageError, match="quality must be between 1 and 8"):
+        Image.open(small_png).save(tmp_path / "x.vae", quality=90)
+    assert not (tmp_path / "x.vae").exists()
+
+
+def test_damaged_files_raise_one_clear_error(vae_file, codec, tmp_path):
+    vaecodec.pillow.use(codec)
+    data = bytearray(vae_file.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (tmp_path / "flipped.vae").write_bytes(bytes(data))
+    with pytest.raises(InvalidFile, match=r"corrupted or truncated \(CRC mismatch\)"):
+        Image.open(tmp_path / "flipped.vae")
+    (tmp_path / "truncated.vae").write_bytes(vae_file.read_bytes()[:20])
+    with pytest.raises(InvalidFile, match="truncated"):
+        Image.open(tmp_path / "truncated.vae")
+
+    header, _ = container.unpack(vae_file.read_bytes())
+    (tmp_path / "bad_payload.vae").write_bytes(container.pack(header, b"\x01\x02\x03"))  # valid CRC, no stream
+    image = Image.open(tmp_path / "bad_payload.vae")
+    assert image.size == (96, 64)  # the header is fine: the payload fails when decoded
+    with pytest.raises(InvalidFile, match="malformed payload length"):
+        image.load()
+
+    foreign = dataclasses.replace(header, model_hash=b"\0\0\0\0")
+    (tmp_path / "foreign.vae").write_bytes(container.pack(foreign, container.unpack(vae_file.read_bytes())[1]))
+    with pytest.raises(ModelMismatch, match="written by model mshp-n64 \\(00000000\\)"):
+        Image.open(tmp_path / "foreign.vae").load()
+
+    (tmp_path / "text.vae").write_text("not an image")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(tmp_path / "text.vae")
