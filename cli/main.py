@@ -309,11 +309,12 @@ def info(context, files):
     context.exit(exit_code_for(failed_classes))
 
 
-# --- Commands defined in other modules are registered below (send, receive, train, export). ---
-from .training import export, train  # noqa: E402  (after cli exists)
+# --- Commands defined in other modules are registered below (send, receive, train, export, inspect). ---
+from .inspect import inspect  # noqa: E402  (after cli exists)
+from .training import export, train  # noqa: E402
 from .transfer import receive, send  # noqa: E402
 
-for command in (send, receive, train, export):
+for command in (send, receive, train, export, inspect):
     cli.add_command(command)
 
 
