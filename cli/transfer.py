@@ -92,7 +92,17 @@ def expand_inputs(paths) -> list:
 @click.option("--timeout", default=300.0, show_default=True,
               help="Seconds to wait for the connection and for each acknowledgement.")
 def send(inputs, address, quality, model, device, timeout):
-    """Send images (or directories of them) to a `vaecodec receive` over TCP."""
+    """Send images (or directories of them) to a `vaecodec receive` over TCP.
+
+    Images are compressed on the way; .vae files and .latents go as they are. Each file is acknowledged by
+    the receiver; the exit code is non-zero unless every file was delivered.
+
+    \b
+    Examples:
+      vaecodec send photo.png --to 127.0.0.1:9000
+      vaecodec send photos/ --to receiver-host:9000 -q 6
+      vaecodec send photo.vae --to 127.0.0.1:9000        # already compressed: sent unchanged
+    """
     files = expand_inputs(inputs)
     if not files:
         _fail(UsageError(f"no images in {', '.join(map(str, inputs))}"))
@@ -286,7 +296,14 @@ def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, max_
             max_messages):
     """Receive images from `vaecodec send` and store them in a directory.
 
-    Exits non-zero when any message could not be stored.
+    Each image is decoded to PNG and stored atomically under its sender's file name (made safe, never
+    overwriting). Exits non-zero when any message could not be stored.
+
+    \b
+    Examples:
+      vaecodec receive --listen 127.0.0.1:9000 --out inbox/
+      vaecodec receive --listen 0.0.0.0:9000 --out inbox/ --keep-vae    # keep the .vae files too
+      vaecodec receive --listen 127.0.0.1:9000 --out inbox/ --no-decode --once
     """
     try:
         codec = None if no_decode else _load_codec(model, device)
