@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from . import container
-from .container import DEFAULT_QUALITY, QUALITY_STEP, ImageHeader, quality_to_index
-from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_symbols, encode_symbols
+from .container import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, QUALITY_STEP, ImageHeader, quality_to_index
+from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_exactly, decode_symbols, encode_symbols
 from .errors import InvalidFile, ModelMismatch, UsageError
 from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_image
 from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
@@ -169,12 +169,15 @@ class Codec:
 
     def _entropy_decode(self, payload: bytes, header: ImageHeader) -> tuple:
         z_shape, y_shape = self.latent_shapes(header.width, header.height)
-        if len(payload) % 4:
-            raise InvalidFile(".vae file has a malformed payload length")
+
+        def decode(decoder):
+            z_table_index = self._z_table_index(z_shape)
+            z_symbols = decode_symbols(decoder, z_table_index, self.z_tables)
+            decoder.require(self.z_tables.estimated_bits(z_symbols, z_table_index))  # a short payload stops here
+            return z_symbols, decode_symbols(decoder, self._scale_index(z_symbols, header.quality_index), self.y_tables)
+
         try:
-            decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-            z_symbols = decode_symbols(decoder, self._z_table_index(z_shape), self.z_tables)
-            y_symbols = decode_symbols(decoder, self._scale_index(z_symbols, header.quality_index), self.y_tables)
+            z_symbols, y_symbols = decode_exactly(payload, decode)
         except (AssertionError, ValueError, RuntimeError, OverflowError) as error:  # constriction asserts on invalid data
             raise InvalidFile(f".vae payload cannot be decoded ({error})") from None
         return z_symbols, y_symbols
@@ -184,9 +187,10 @@ class Codec:
         """Quantized latents of one image (PIL image or path); see ``compress`` for ``refine_steps``."""
         return next(self._iter_analysed([image], quality, 1, refine_steps))[0]
 
-    def decode_latents(self, latents: Latents):
-        """Image from latents produced by ``encode_latents`` (or received with ``Latents.from_bytes``)."""
-        return next(self.iter_decode_latents([latents], 1))
+    def decode_latents(self, latents: Latents, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """Image from latents produced by ``encode_latents`` (or received with ``Latents.from_bytes``).
+        Images over ``max_pixels`` are refused with ImageTooLarge (None: up to the format's limit)."""
+        return next(self.iter_decode_latents([latents], 1, max_pixels))
 
     def _iter_analysed(self, images, quality: float, batch_size: int, refine_steps: int = 0):
         """Yield (Latents, scale_index) per image; the scale indexes save the entropy coder a second h_s run."""
@@ -216,11 +220,12 @@ class Codec:
                     results[i] = (latents, scale_index[row].numpy())
             yield from results
 
-    def iter_decode_latents(self, latents_list, batch_size: int = 8):
+    def iter_decode_latents(self, latents_list, batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
         latents_list = iter(latents_list)
         while chunk := list(itertools.islice(latents_list, max(1, batch_size))):
             for latents in chunk:
                 self._check_model(latents.header, "latents")
+                container.check_pixels(latents.header, max_pixels, "latents")
                 z_shape, y_shape = self.latent_shapes(latents.header.width, latents.header.height)
                 if latents.z_symbols.shape != z_shape or latents.y_symbols.shape != y_shape:
                     raise InvalidFile("latents have shapes that do not match the image size")
@@ -254,19 +259,22 @@ class Codec:
         self.timings.add("entropy", time.perf_counter() - started)
         return container.pack(latents.header, payload)
 
-    def bytes_to_latents(self, data: bytes) -> Latents:
-        """Parse, validate and entropy-decode a .vae file into latents."""
+    def bytes_to_latents(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Latents:
+        """Parse, validate and entropy-decode a .vae file into latents (``max_pixels`` as in ``decompress``)."""
         header, payload = container.unpack(data)
         self._check_model(header, ".vae file")
+        container.check_pixels(header, max_pixels, ".vae file")
         started = time.perf_counter()
         z_symbols, y_symbols = self._entropy_decode(payload, header)
         self.timings.add("entropy", time.perf_counter() - started)
         return Latents(header, z_symbols.astype(np.int16), y_symbols.astype(np.int16))
 
-    def header(self, data: bytes) -> ImageHeader:
-        """Validate a .vae file (CRC, version, model) without decoding it; returns its header."""
+    def header(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+        """Validate a .vae file (CRC, version, model, size within ``max_pixels``) without decoding it; returns its
+        header."""
         header, _ = container.unpack(data)
         self._check_model(header, ".vae file")
+        container.check_pixels(header, max_pixels, ".vae file")
         return header
 
     def compress(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> bytes:
@@ -278,9 +286,14 @@ class Codec:
         """
         return self._pack(next(self._iter_analysed([image], quality, 1, refine_steps)))
 
-    def decompress(self, data: bytes):
-        """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources)."""
-        return self.decode_latents(self.bytes_to_latents(data))
+    def decompress(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources).
+
+        A file announcing more than ``max_pixels`` pixels is refused with ImageTooLarge before any decoding, as
+        Pillow guards against decompression bombs: a small file can ask for a large decode. None allows up to
+        the format's limit (container.MAX_PIXELS).
+        """
+        return self.decode_latents(self.bytes_to_latents(data, max_pixels), max_pixels)
 
     def iter_compress(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
                       workers: int = 2, refine_steps: int = 0):
@@ -295,19 +308,21 @@ class Codec:
             yield from _in_order(pool, self._pack, self._iter_analysed(images, quality, batch_size, refine_steps),
                                  ahead=2 * batch_size)
 
-    def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2):
+    def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS):
         """Yield images for each .vae file's bytes, in order; parsing and entropy decoding run ahead in
         ``workers`` threads while the synthesis transform decodes batches."""
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            latents = _in_order(pool, self.bytes_to_latents, datas, ahead=2 * batch_size)
-            yield from self.iter_decode_latents(latents, batch_size)
+            parse = functools.partial(self.bytes_to_latents, max_pixels=max_pixels)
+            latents = _in_order(pool, parse, datas, ahead=2 * batch_size)
+            yield from self.iter_decode_latents(latents, batch_size, max_pixels)
 
     def compress_batch(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
                        workers: int = 2, refine_steps: int = 0) -> list:
         return list(self.iter_compress(images, quality, batch_size, workers, refine_steps))
 
-    def decompress_batch(self, datas, batch_size: int = 8, workers: int = 2) -> list:
-        return list(self.iter_decompress(datas, batch_size, workers))
+    def decompress_batch(self, datas, batch_size: int = 8, workers: int = 2,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
+        return list(self.iter_decompress(datas, batch_size, workers, max_pixels))
 
     def estimated_bits(self, latents: Latents) -> float:
         """The model's information content of the latents (sum of -log2 p under the frozen tables)."""

@@ -2,8 +2,16 @@
 
 Every problem with user input (a file that is not a valid .vae, an image we do not code, a path we will not
 overwrite) raises a subclass of ``VaecodecError``; the CLI prints its message on one line and exits with
-``exit_code``. Anything else is a bug.
+``exit_code``. Anything else is a bug. Text that comes from a file or a peer goes through ``printable``
+before it is printed or put into a message.
 """
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe to print on one terminal line: control, format and other unprintable characters
+    (ESC, CR, LF, bidirectional overrides...) as Python escapes, and at most ``limit`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class VaecodecError(Exception):
@@ -38,6 +46,10 @@ class ModelMismatch(InvalidFile):
     """A valid file written with different model weights than the ones loaded."""
 
     exit_code = 6
+
+
+class ImageTooLarge(InvalidFile):
+    """A valid file whose image is over the caller's pixel limit: refused before decoding."""
 
 
 class ModelNotFound(VaecodecError):

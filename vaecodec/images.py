@@ -10,6 +10,8 @@ Policy (documented in the README):
 * The EXIF orientation is applied first, so the coded pixels are the upright picture.
 """
 
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,16 @@ from .errors import UnsupportedImage
 _TO_RGB = {"RGB", "CMYK", "YCbCr", "LAB", "HSV"}
 _GRAY = {"L", "1"}
 _WITH_ALPHA = {"RGBA": "RGB", "RGBa": "RGB", "LA": "L", "La": "L", "PA": "RGB"}
+# warnings.catch_warnings changes process-wide state (Python < 3.14): one thread at a time in it, here.
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _open(source) -> Image.Image:
+    """Image.open with Pillow's DecompressionBombWarning raised, not printed: an image that large is over our
+    own MAX_PIXELS anyway, and the user gets one error line instead of a warning on stderr before it."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(source)
 
 
 def open_image(source) -> Image.Image:
@@ -31,14 +43,16 @@ def open_image(source) -> Image.Image:
         return normalize_image(source)
     name = Path(source).name
     try:
-        with Image.open(source) as image:
+        with _open(source) as image:
             image = ImageOps.exif_transpose(image)
             image.load()
     except FileNotFoundError:
         raise UnsupportedImage(f"{source}: no such file") from None
     except IsADirectoryError:
         raise UnsupportedImage(f"{source}: is a directory") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnsupportedImage(f"{name}: too large to code ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise UnsupportedImage(f"{name}: cannot read image ({error.__class__.__name__}: {error})") from None
     return normalize_image(image, name)
 

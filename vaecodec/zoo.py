@@ -22,18 +22,20 @@ as ``pretrained/archive/<name>-<hash>.pt`` (``vaecodec export`` moves the file i
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from .container import QUALITY_LEVELS
-from .errors import ModelNotFound, InvalidFile
+from .container import QUALITY_LEVELS, is_model_name
+from .errors import ModelNotFound, InvalidFile, printable
 from .integer_net import MEAN_GAIN_FRAC_BITS
 
 WEIGHTS_FORMAT = "vaecodec-weights/1"
 ALIASES = {"default": "mshp-n64"}
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+MODEL_HASH = re.compile(r"[0-9a-fA-F]{8}")
 ARCHIVE = "archive"  # sub-folder of a weights folder holding earlier releases, named <name>-<hash>.pt
 
 
@@ -53,11 +55,17 @@ def file_hash(path: Path) -> bytes:
 
 
 def weights_path(name: str) -> Path:
-    """Resolve a model name, an alias like "default", "name@hash" (that exact release), or a .pt path."""
+    """Resolve a model name, an alias like "default", "name@hash" (that exact release), or a .pt path.
+
+    Only the .pt path form is a path; a name is looked up among the installed models, so it must be a valid
+    model name (``container.MODEL_NAME``) and a hash 8 hex digits, never anything that walks the file system.
+    """
     if name.endswith(".pt") and Path(name).is_file():
         return Path(name)
     base, _, wanted_hash = name.partition("@")
     base = ALIASES.get(base, base)
+    if not is_model_name(base) or (wanted_hash and not MODEL_HASH.fullmatch(wanted_hash)):
+        raise ModelNotFound(f"model '{printable(name)}' not found (not a model name, name@hash or .pt file)")
     for directory in search_dirs():
         candidates = [directory / f"{base}.pt"]
         if wanted_hash:
@@ -69,7 +77,10 @@ def weights_path(name: str) -> Path:
 
 
 def installed_release(name: str, model_hash: bytes):
-    """"name@hash" if those exact weights are installed (current or archived), else None."""
+    """"name@hash" if those exact weights are installed (current or archived), else None. ``name`` comes from a
+    file: only a valid model name is looked up."""
+    if not is_model_name(name):
+        return None
     reference = f"{name}@{model_hash.hex()}"
     try:
         weights_path(reference)

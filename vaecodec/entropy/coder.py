@@ -5,12 +5,14 @@ grouped by table with one stable argsort, and each group is coded in one vectori
 the Python loop runs over tables (at most a few dozen), never over symbols. A symbol outside its table's
 range is coded as the table's escape entry; after all groups, the escaped values follow as raw 16-bit
 numbers. Encoder and decoder derive the same grouping from the same table indexes, which are integers
-(see ``integer_net.py``), so the bitstream is machine independent.
+(see ``integer_net.py``), so the bitstream is machine independent. ``decode_exactly`` checks that a payload
+is exactly the words the decoder consumes: no more, no less.
 """
 
 import constriction
 import numpy as np
 
+from ..errors import InvalidFile
 from .tables import PRECISION, table_sizes
 
 SYMBOL_MIN, SYMBOL_MAX = -32768, 32767  # escaped values are coded as 16-bit numbers
@@ -89,3 +91,53 @@ def decode_symbols(decoder, table_index: np.ndarray, tables: TableSet) -> np.nda
     symbols = np.empty_like(values)
     symbols[order] = values
     return symbols.reshape(shape)
+
+
+class PayloadDecoder:
+    """A constriction RangeDecoder over a payload that remembers its ``decode`` calls (to replay them, see
+    ``decode_exactly``) and can tell early that the payload is too short for what was decoded so far."""
+
+    def __init__(self, words: np.ndarray, what: str):
+        self.words, self.what, self.calls = len(words), what, []
+        self.decoder = constriction.stream.queue.RangeDecoder(words)
+
+    def decode(self, model, count: int):
+        self.calls.append((model, count))
+        return self.decoder.decode(model, count)
+
+    def require(self, bits: float):
+        """Raise InvalidFile if symbols of ``bits`` information (``TableSet.estimated_bits``) cannot come from this
+        payload. After symbols of information I the range, which stays in [2^32, 2^64), has shrunk by at least
+        2^-I and been widened by 2^32 per word read, so the decoder has read at least 2 + (I - 32) / 32 words;
+        one word of margin covers rounding in I."""
+        if bits > 32 * self.words:
+            raise InvalidFile(f"{self.what} ends before its last symbol")
+
+
+def decode_exactly(payload: bytes, decode, what: str = ".vae payload"):
+    """``decode(decoder)`` with a PayloadDecoder over ``payload`` (32-bit little-endian words), checking that the
+    payload is exactly the words the decoding consumed; raises InvalidFile otherwise.
+
+    The decoder reads two words at the start and one at each renormalization, and shifts in zeros past the end
+    of its data, so an empty or short payload would silently decode to garbage. The encoder's seal leaves out a
+    final zero word unless its last word is zero: a payload it wrote is read to exactly one word past its end
+    when its last word is not zero, and exactly to its end when it is. ``maybe_exhausted()`` is true when every
+    word was read (and the state is one a sealed stream ends in), so: decode over the payload plus that one
+    implied zero word, which must be used up, then replay the same calls with a further zero word, which must
+    be left unread. (Appending a zero word to a payload that implies one thus gives a second payload of the
+    same symbols: the state that tells which of the two the encoder wrote is not visible from Python.)
+    """
+    if not payload or len(payload) % 4:
+        raise InvalidFile(f"{what} has a malformed length ({len(payload)} bytes)")
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    words = np.concatenate([words, np.zeros(1 if words[-1] else 0, dtype=np.uint32)])
+    decoder = PayloadDecoder(words, what)
+    result = decode(decoder)
+    if not decoder.decoder.maybe_exhausted():
+        raise InvalidFile(f"{what} has data after its last symbol")
+    replay = constriction.stream.queue.RangeDecoder(np.concatenate([words, np.zeros(1, dtype=np.uint32)]))
+    for model, count in decoder.calls:
+        replay.decode(model, count)
+    if replay.maybe_exhausted():
+        raise InvalidFile(f"{what} ends before its last symbol")
+    return result
