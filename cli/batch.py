@@ -5,12 +5,10 @@
 ``VaecodecError`` that made that file fail. ``Tally`` prints those outcomes and decides the exit code.
 """
 
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import click
 
@@ -50,12 +48,14 @@ def prepare_ahead(prepare: Callable, jobs: Iterable[Job], workers: int) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def code_in_order(prepared: Iterable[tuple], code_many: Callable, code_one: Callable) -> Iterator[tuple]:
+def code_in_order(prepared: Iterable[tuple], code_many: Callable, code_one: Callable,
+                  on_start: Optional[Callable] = None) -> Iterator[tuple]:
     """(job, result or VaecodecError) for each (job, item or VaecodecError) in ``prepared``, in order.
 
     ``code_many(items)`` must yield one result per item, in order, pulling items lazily. When it raises, we
     cannot tell which item of its batch was bad, so the items it holds are coded one by one with
-    ``code_one`` (which pins the failure on its file) and batching resumes with the rest.
+    ``code_one`` (which pins the failure on its file) and batching resumes with the rest. ``on_start(job)``
+    is called as the coder takes each job's item.
     """
     pending = deque()  # (job, item or error) taken from `prepared` whose outcome is not yielded yet
 
@@ -63,6 +63,8 @@ def code_in_order(prepared: Iterable[tuple], code_many: Callable, code_one: Call
         for job, item in prepared:
             pending.append((job, item))
             if not isinstance(item, VaecodecError):
+                if on_start is not None:
+                    on_start(job)
                 yield item
 
     def failures_first():
@@ -87,37 +89,13 @@ def code_in_order(prepared: Iterable[tuple], code_many: Callable, code_one: Call
         while pending:
             job, item = pending.popleft()
             if not isinstance(item, VaecodecError):
+                if on_start is not None:
+                    on_start(job)
                 try:
                     item = code_one(item)
                 except VaecodecError as error:
                     item = error
             yield job, item
-
-
-class Progress:
-    """A progress bar on stderr for several files, shown only on a terminal; lines printed meanwhile
-    first clear the bar so the two do not mix."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def echo(self, line: str, err: bool = False) -> None:
-        if self.bar is not None:
-            click.echo("\r\x1b[K", nl=False, err=True)
-        click.echo(line, err=err)
-
-
-@contextmanager
-def progress(count: int, label: str):
-    if count < 2 or not sys.stderr.isatty():
-        yield Progress(None)
-        return
-    with click.progressbar(length=count, label=label, file=sys.stderr) as bar:
-        yield Progress(bar)
 
 
 def without_name(message: str, name: str) -> str:
@@ -135,41 +113,50 @@ def error_line(message: str) -> str:
 
 
 class Tally:
-    """Prints a line per file and the summary, and gives the exit code (see ``exit_code_for``)."""
+    """Prints a line per file and the summary, and gives the exit code (see ``exit_code_for``).
 
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.started = self.last = time.perf_counter()
-        self.images = self.bytes_in = self.bytes_out = 0
+    Lines go through ``status`` (progress.Status), so they never mix with its progress line; ``quiet`` prints
+    only errors; ``to_stderr`` sends the per-file lines to stderr (when the coded data goes to stdout)."""
+
+    def __init__(self, status, quiet: bool = False, to_stderr: bool = False):
+        self.status, self.quiet, self.to_stderr = status, quiet, to_stderr
+        self.started = time.perf_counter()
+        self.images = self.skips = self.bytes_in = self.bytes_out = 0
         self.bpp_sum = 0.0
         self.failed_classes = []
 
-    def succeeded(self, job: Job, bytes_out: int, compressed_bytes: int) -> None:
-        """``compressed_bytes`` is the size of the .vae file, whichever way the job went."""
-        # Batched coding returns results in bursts, so the time is the interval since the previous success:
-        # the first file of a batch carries the batch's time, and the times add up to the run's wall time.
-        now = time.perf_counter()
-        seconds, self.last = now - self.last, now
+    def succeeded(self, job: Job, bytes_out: int, compressed_bytes: int, note: str = "") -> None:
+        """``compressed_bytes`` is the size of the .vae file, whichever way the job went; ``job.seconds`` the
+        time spent on this file (reading, its share of the transforms, entropy coding, writing)."""
         bpp = 8 * compressed_bytes / (job.width * job.height)
         self.images += 1
         self.bytes_in += job.bytes_in
         self.bytes_out += bytes_out
         self.bpp_sum += bpp
-        self.progress.echo(f"{job.source} -> {job.target}: {job.width}x{job.height}, {compressed_bytes} bytes, "
-                           f"{bpp:.3f} bpp, {seconds:.2f} s")
-        self.progress.update()
+        self.status.file_done()
+        if not self.quiet:
+            note = f", {note}" if note else ""
+            self.status.echo(f"{job.source} -> {job.target}: {job.width}x{job.height}, {compressed_bytes} bytes, "
+                             f"{bpp:.3f} bpp{note}, {job.seconds:.2f} s", err=self.to_stderr)
+
+    def skipped(self, job: Job) -> None:
+        self.skips += 1
+        self.status.file_done()
+        if not self.quiet:
+            self.status.echo(f"{job.source} -> {job.target}: exists, skipped", err=self.to_stderr)
 
     def failed(self, job: Job, error: VaecodecError) -> None:
         self.failed_classes.append(type(error))
-        self.progress.echo(error_line(f"{job.source}: {without_name(str(error), job.source.name)}"), err=True)
-        self.progress.update()
+        self.status.file_done()
+        self.status.echo(error_line(f"{job.source}: {without_name(str(error), job.source.name)}"), err=True)
 
     def summary(self) -> str:
         seconds = time.perf_counter() - self.started
         mean_bpp = self.bpp_sum / self.images if self.images else 0.0
         failed = f", {len(self.failed_classes)} failed" if self.failed_classes else ""
-        return (f"{self.images} images{failed}: {self.bytes_in} bytes in, {self.bytes_out} bytes out, "
-                f"mean {mean_bpp:.3f} bpp, {self.images / seconds:.2f} images/s")
+        skipped = f", {self.skips} skipped (exist)" if self.skips else ""
+        return (f"{self.images} images{skipped}{failed}: {self.bytes_in} bytes in, {self.bytes_out} bytes out, "
+                f"mean {mean_bpp:.3f} bpp, {self.images / seconds:.2f} images/s, {seconds:.2f} s")
 
     def exit_code(self) -> int:
         return exit_code_for(self.failed_classes)

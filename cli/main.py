@@ -2,23 +2,37 @@
 
 Every failure ends as one line ``vaecodec: error: <message>`` on stderr and a distinct exit code (see
 ``vaecodec.errors``); tracebacks are for bugs only, and even then only with VAECODEC_DEBUG=1.
+
+Startup is kept short: this module imports neither torch nor numpy (``vaecodec`` loads its names lazily),
+and the commands defined in other modules are imported only when they run, so ``--help``, ``--version``
+and ``info`` answer at once.
 """
 
+import importlib
+import importlib.util
+import io
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
 
 import vaecodec
 from vaecodec import container
-from vaecodec.errors import UsageError, VaecodecError
+from vaecodec.errors import UnsupportedImage, UsageError, VaecodecError
 
-from .batch import Tally, code_in_order, error_line, exit_code_for, prepare_ahead, progress
-from .files import (COMPRESSED_SUFFIX, IMAGE_SUFFIXES, OUTPUT_FORMATS, Job, output_format, plan,
-                    refuse_overwrite, write_atomically)
+from .batch import Tally, code_in_order, error_line, exit_code_for, prepare_ahead
+from .files import (COMPRESSED_SUFFIX, IMAGE_SUFFIXES, LOSSY_FORMATS, OUTPUT_FORMATS, STANDARD_STREAM, Job,
+                    decoded_suffix, output_format, plan, read_input, refuse_overwrite, walk, write_output)
+from .progress import Status
 
 INTERRUPTED_EXIT_CODE = 130  # what shells report for a process stopped by SIGINT (128 + 2)
+
+# What quality 1-8 means, from the shipped model's Kodak curve (benchmarks/results/rd.md, 24 images).
+QUALITY_HELP = ("1 (smallest files) to 8 (best quality), in steps of 0.25. On the Kodak photos quality 1 is "
+                "about 0.12 bpp and 26.3 dB PSNR, 3 about 0.26 bpp / 28.8 dB, 5 about 0.50 bpp / 31.5 dB, 8 about "
+                "1.55 bpp / 37.7 dB (benchmarks/results/rd.md).")
 
 
 class OneLineErrors:
@@ -66,8 +80,49 @@ def help_hint(error: click.ClickException) -> str:
     return f" (see '{context.command_path} --help')" if context is not None else ""
 
 
+# Commands defined in other modules: name -> (module of this package, one-line help for `vaecodec --help`).
+# They are imported only when run or asked for their own help; tests check the lines match their docstrings.
+LAZY_COMMANDS = {
+    "send": ("transfer", "Send images (or directories of them) to a `vaecodec receive` over TCP."),
+    "receive": ("transfer", "Receive images from `vaecodec send` and store them."),
+    "train": ("training", "Train a variable-rate model (all 8 quality levels in one run)."),
+    "export": ("training", "Freeze a run into shipped weights (no optimizer state) and verify them."),
+    "inspect": ("inspect", "Show where the bits of a .vae file went."),
+}
+
+
 class Group(OneLineErrors, click.Group):
-    pass
+    """A group whose commands from other modules are imported on first use (see LAZY_COMMANDS)."""
+
+    def lazy_commands(self) -> dict:
+        return {name: entry for name, entry in LAZY_COMMANDS.items()
+                if importlib.util.find_spec(f"{__package__}.{entry[0]}") is not None}
+
+    def list_commands(self, context):
+        return sorted(set(super().list_commands(context)) | set(self.lazy_commands()))
+
+    def get_command(self, context, name):
+        command = super().get_command(context, name)
+        if command is None and name in self.lazy_commands():
+            module = importlib.import_module(f"{__package__}.{LAZY_COMMANDS[name][0]}")
+            command = getattr(module, name)
+            self.add_command(command, name)
+        return command
+
+    def format_commands(self, context, formatter):
+        """The command list without importing the lazy commands' modules."""
+        lazy = self.lazy_commands()
+        rows = []
+        for name in self.list_commands(context):
+            if name in self.commands:
+                command = self.commands[name]
+                if not command.hidden:
+                    rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+            else:
+                rows.append((name, lazy[name][1]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 class Command(OneLineErrors, click.Command):
@@ -75,20 +130,22 @@ class Command(OneLineErrors, click.Command):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vaecodec")
+@click.version_option(vaecodec.__version__, prog_name="vaecodec")
 def cli():
     """vaecodec: a learned lossy image codec.
 
     \b
     Examples:
       vaecodec compress photo.png              # writes photo.vae
-      vaecodec decompress photo.vae            # writes photo.png
+      vaecodec decompress photo.vae            # writes photo.decoded.png
       vaecodec info photo.vae
       vaecodec COMMAND --help
     """
 
 
-def check_quality(context, parameter, quality: float) -> float:
+def check_quality(context, parameter, quality):
+    if quality is None:
+        return None
     try:
         container.quality_to_index(quality)
     except ValueError as error:
@@ -102,6 +159,12 @@ def default_batch_size(codec, batch_size):
 
 def model_options(command):
     """Options shared by the commands that run the model."""
+    command = click.option("-v", "--verbose", is_flag=True,
+                           help="Also print the model, device and where the time went.")(command)
+    command = click.option("--quiet", is_flag=True,
+                           help="Print nothing but errors (no line per file, no progress).")(command)
+    command = click.option("--skip-existing", is_flag=True,
+                           help="Leave outputs that exist alone and code only the rest (resumes a folder job).")(command)
     command = click.option("--batch-size", type=click.IntRange(min=1), default=None,
                            help="Images coded together; default 8 on a GPU, 1 on the CPU (where batching measured "
                                 "no faster: benchmarks/results/speed.md).")(command)
@@ -115,13 +178,35 @@ def model_options(command):
     return command
 
 
-@cli.command()
+def load_codec(model: str, device: str, verbose: bool):
+    started = time.perf_counter()
+    codec = vaecodec.load(name=model, device=device)
+    if verbose:
+        click.echo(f"model {codec.model_name} ({codec.model_hash.hex()}) on {codec.device}, loaded in "
+                   f"{time.perf_counter() - started:.2f} s", err=True)
+    return codec
+
+
+def check_single_stream(inputs, output, what: str):
+    """``-`` (stdin) is one input alone, and needs -o (a file, or - for stdout)."""
+    if STANDARD_STREAM in inputs:
+        if len(inputs) > 1:
+            raise UsageError(f"- (standard input) cannot be combined with other inputs")
+        if output is None or output.is_dir():
+            raise UsageError(f"reading {what} from standard input needs -o FILE, or -o - for standard output")
+
+
+@cli.command(cls=Command)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output file for one input file; output directory for several inputs or a directory.")
-@click.option("-q", "--quality", type=float, default=container.DEFAULT_QUALITY, show_default=True,
-              callback=check_quality,
-              help="1 (smallest files) to 8 (best quality), in steps of 0.25.")
+              help="Output file for one input file (- for standard output); output directory for several inputs "
+                   "or a directory.")
+@click.option("-q", "--quality", type=float, default=None, callback=check_quality,
+              help=QUALITY_HELP + "  [default: 5]")
+@click.option("--size", "max_bytes", type=click.IntRange(min=1), metavar="BYTES",
+              help="Choose for each image the largest quality whose file fits in BYTES.")
+@click.option("--psnr", "min_psnr", type=click.FloatRange(min=0, min_open=True), metavar="DB",
+              help="Choose for each image the smallest quality whose decoded image reaches DB dB PSNR.")
 @click.option("--refine", "refine_steps", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="STEPS",
               help="Spend STEPS gradient steps per image searching for latents that code it better (50 is "
@@ -129,104 +214,189 @@ def model_options(command):
                    "table). Any vaecodec decodes the result.")
 @model_options
 @click.pass_context
-def compress(context, inputs, output, quality, refine_steps, force, device, model, workers, batch_size):
+def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps, force, device, model, workers,
+             batch_size, skip_existing, quiet, verbose):
     """Compress images to .vae files.
 
     INPUTS are image files or directories; directories are searched recursively for .png .jpg .jpeg .webp
     .tif .tiff .bmp .ppm .gif files. Each output is written beside its input unless -o is given; with
-    several inputs or a directory, -o names a directory in which the input tree is mirrored. A file that
-    cannot be compressed is reported and skipped; the exit code then is non-zero.
+    several inputs or a directory, -o names a directory in which the input tree is mirrored. - reads one
+    image from standard input (with -o). A file that cannot be compressed is reported and skipped; the
+    exit code then is non-zero.
+
+    --size and --psnr search the 29 qualities for each image with the model's own rate estimate and
+    decoder (about 5 trial encodes, and decodes for --psnr) and print the quality chosen.
 
     \b
     Examples:
       vaecodec compress photo.png                  # writes photo.vae
       vaecodec compress photo.png -o small.vae -q 2
+      vaecodec compress photo.png --size 20000     # largest quality that fits in 20 kB
+      vaecodec compress photo.png --psnr 32        # smallest file with at least 32 dB
       vaecodec compress photos/ -o compressed/     # photos/a/b.png -> compressed/a/b.vae
+      vaecodec compress photos/ -o compressed/ --skip-existing   # after adding photos
       vaecodec compress *.jpg --device cuda --batch-size 32
       vaecodec compress photo.png --refine 50       # slower, smaller
+      cat photo.png | vaecodec compress - -o - > photo.vae
     """
+    targets = [name for name, value in (("-q", quality), ("--size", max_bytes), ("--psnr", min_psnr))
+               if value is not None]
+    if len(targets) > 1:
+        raise UsageError(f"{' and '.join(targets)} each choose the quality; give one of them")
+    if refine_steps and (max_bytes or min_psnr):
+        raise UsageError("--refine cannot be combined with --size or --psnr (the search measures unrefined files)")
+    quality = container.DEFAULT_QUALITY if quality is None else quality
+    check_single_stream(inputs, output, "an image")
     count = count_jobs(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX))
     if not count:
         raise UsageError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
     jobs = plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX)
-    codec = vaecodec.load(name=model, device=device)
+    codec = load_codec(model, device, verbose)
 
     def prepare(job: Job):
         if job.problem:
             raise job.problem
-        refuse_overwrite(job.target, force)  # before the costly part
-        image = vaecodec.open_image(job.source)
-        job.bytes_in = job.source.stat().st_size
+        skip_or_refuse(job, force, skip_existing)  # before the costly part
+        started = time.perf_counter()
+        image, job.bytes_in = open_input_image(job.source)
+        job.seconds += time.perf_counter() - started
         job.width, job.height = image.size
         return image
 
-    def save(job: Job, data: bytes) -> tuple:
-        write_atomically(job.target, lambda file: file.write(data), force)
+    def save(job: Job, coded) -> tuple:
+        data, seconds = coded[:2]
+        job.seconds += seconds
+        write_output(job.target, lambda file: file.write(data), force)
         return len(data), len(data)
 
-    outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
-                             lambda images: codec.iter_compress(images, quality=quality, workers=workers,
-                                                                 batch_size=default_batch_size(codec, batch_size),
-                                                                 refine_steps=refine_steps),
-                             lambda image: codec.compress(image, quality=quality, refine_steps=refine_steps))
-    context.exit(finish(count, outcomes, save, "Compressing"))
+    if max_bytes or min_psnr:
+        from vaecodec.targeting import compress_to_psnr, compress_to_size
+
+        def target(image):
+            started = time.perf_counter()
+            found = compress_to_size(codec, image, max_bytes) if max_bytes else compress_to_psnr(codec, image, min_psnr)
+            return found.data, time.perf_counter() - started, found.describe()
+
+        code_many, code_one = (lambda images: map(target, images)), target
+    else:
+        def code_many(images):
+            return codec.iter_compress_timed(images, quality=quality, workers=workers,
+                                             batch_size=default_batch_size(codec, batch_size),
+                                             refine_steps=refine_steps)
+
+        def code_one(image):
+            return next(codec.iter_compress_timed([image], quality=quality, batch_size=1, refine_steps=refine_steps))
+
+    with Status(count, "compressing", enabled=not quiet) as status:
+        outcomes = code_in_order(prepare_ahead(prepare, jobs, workers), code_many, code_one, status.file_started)
+        exit_code = finish(codec, status, outcomes, save, quiet, verbose, output)
+    context.exit(exit_code)
 
 
-@cli.command()
+@cli.command(cls=Command)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output image for one input file (its suffix picks the format); output directory for several "
-                   "inputs or a directory.")
+              help="Output image for one input file (its suffix picks the format; - for standard output); "
+                   "output directory for several inputs or a directory.")
 @click.option("--format", "format_name", type=click.Choice([suffix[1:] for suffix in OUTPUT_FORMATS]),
               help="Image format to write.  [default: png, or from the suffix of -o]")
+@click.option("--image-quality", type=click.IntRange(1, 100), default=None, metavar="1-100",
+              help="Quality of JPEG, WebP and AVIF outputs.  [default: 95]")
 @model_options
 @click.pass_context
-def decompress(context, inputs, output, format_name, force, device, model, workers, batch_size):
+def decompress(context, inputs, output, format_name, image_quality, force, device, model, workers, batch_size,
+               skip_existing, quiet, verbose):
     """Decompress .vae files to images.
 
-    INPUTS are .vae files or directories (searched recursively for .vae files). Outputs are PNG unless -o
-    or --format says otherwise, written beside each input or, with -o, as for compress. Each file is fully
-    checked before decoding; a corrupt one is reported and skipped, and the exit code then is non-zero.
+    INPUTS are .vae files or directories (searched recursively for .vae files). Beside its input, photo.vae
+    decodes to photo.decoded.png, so the photo that was compressed is never in the way; with -o the output
+    is named as given (a directory mirrors the input tree, as for compress), and - writes to standard
+    output. Outputs are PNG unless -o or --format says otherwise. Each file is fully checked before
+    decoding; a corrupt one is reported and skipped, and the exit code then is non-zero.
 
     \b
     Examples:
-      vaecodec decompress photo.vae                # writes photo.png
-      vaecodec decompress photo.vae -o photo.jpg   # JPEG at quality 95
+      vaecodec decompress photo.vae                # writes photo.decoded.png
+      vaecodec decompress photo.vae -o photo.jpg --image-quality 90
+      vaecodec decompress photo.vae -o photo.avif  # where Pillow writes AVIF
       vaecodec decompress compressed/ -o restored/ --format webp
+      vaecodec decompress photo.vae -o - --format png | display
     """
+    check_single_stream(inputs, output, "a .vae file")
     single_file = len(inputs) == 1 and not inputs[0].is_dir()
     suffix = output_suffix(output if single_file else None, format_name)
     pillow_format, save_options = output_format(suffix)
-    count = count_jobs(plan(inputs, output, [COMPRESSED_SUFFIX], suffix))
+    if image_quality is not None:
+        if pillow_format not in LOSSY_FORMATS:
+            raise UsageError(f"--image-quality applies to JPEG, WebP and AVIF outputs, not {pillow_format}")
+        save_options = {**save_options, "quality": image_quality}
+    beside = decoded_suffix(suffix)  # photo.vae -> photo.decoded.png when written beside its input
+    count = count_jobs(plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside))
     if not count:
         raise UsageError(f"no {COMPRESSED_SUFFIX} files found in {', '.join(map(str, inputs))}")
-    jobs = plan(inputs, output, [COMPRESSED_SUFFIX], suffix)
-    codec = vaecodec.load(name=model, device=device)
+    jobs = plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside)
+    codec = load_codec(model, device, verbose)
 
     def prepare(job: Job):
         if job.problem:
             raise job.problem
-        refuse_overwrite(job.target, force)
-        data = read_file(job.source)
+        skip_or_refuse(job, force, skip_existing)
+        started = time.perf_counter()
+        data = read_input(job.source)
         header = codec.header(data)  # CRC, format version and model, before spending time on decoding
+        job.seconds += time.perf_counter() - started
         job.bytes_in = len(data)
         job.width, job.height = header.width, header.height
         return data
 
-    def save(job: Job, image) -> tuple:
-        write_atomically(job.target, lambda file: image.save(file, format=pillow_format, **save_options), force)
-        return job.target.stat().st_size, job.bytes_in
+    def save(job: Job, decoded) -> tuple:
+        image, seconds = decoded
+        started = time.perf_counter()
+        size = write_output(job.target, lambda file: image.save(file, format=pillow_format, **save_options), force)
+        job.seconds += seconds + time.perf_counter() - started
+        return size, job.bytes_in
 
-    outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
-                             lambda datas: codec.iter_decompress(datas, workers=workers,
-                                                                 batch_size=default_batch_size(codec, batch_size)),
-                             codec.decompress)
-    context.exit(finish(count, outcomes, save, "Decompressing"))
+    with Status(count, "decompressing", enabled=not quiet) as status:
+        outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
+                                 lambda datas: codec.iter_decompress_timed(
+                                     datas, workers=workers, batch_size=default_batch_size(codec, batch_size)),
+                                 lambda data: next(codec.iter_decompress_timed([data], batch_size=1)),
+                                 status.file_started)
+        exit_code = finish(codec, status, outcomes, save, quiet, verbose, output)
+    context.exit(exit_code)
+
+
+class Skipped(VaecodecError):
+    """Not a failure: the output exists and --skip-existing asks to leave it."""
+
+    exit_code = 0
+
+
+def skip_or_refuse(job: Job, force: bool, skip_existing: bool) -> None:
+    if skip_existing and not force and job.target != STANDARD_STREAM and job.target.exists():
+        raise Skipped(f"{job.target} exists")
+    refuse_overwrite(job.target, force)
+
+
+def open_input_image(source: Path) -> tuple:
+    """(upright RGB or L image, bytes read) from an image file, or from standard input for ``-``."""
+    if source != STANDARD_STREAM:
+        return vaecodec.open_image(source), source.stat().st_size
+    from PIL import Image, ImageOps
+
+    data = read_input(source)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = ImageOps.exif_transpose(image)
+            image.load()
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+        raise UnsupportedImage(f"standard input: cannot read image ({type(error).__name__}: {error})") from None
+    return vaecodec.open_image(image), len(data)
 
 
 def output_suffix(output_file, format_name) -> str:
     """The suffix naming the output format: --format, else the suffix of a single output file, else .png."""
-    if output_file is None or output_file.is_dir():
+    if output_file is None or output_file == STANDARD_STREAM or output_file.is_dir():
         return f".{format_name or 'png'}"
     if format_name is None:
         output_format(output_file.suffix)  # refuses a suffix we cannot write
@@ -237,57 +407,67 @@ def output_suffix(output_file, format_name) -> str:
     return f".{format_name}"
 
 
-def read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise VaecodecError(f"cannot read {path}: {error.strerror or error}") from error
-
-
 def count_jobs(jobs) -> int:
     """How many files a plan holds, counted by walking it once: cheaper than keeping the list of a folder of
     100,000 images in memory for the whole run, and it finds a missing input before the model loads."""
     return sum(1 for _ in jobs)
 
 
-def finish(count: int, outcomes, save, label: str) -> int:
-    """Save each coded result, print a line per file (a summary for several) and return the exit code."""
-    with progress(count, label) as bar:
-        tally = Tally(bar)
+def finish(codec, status: Status, outcomes, save, quiet: bool, verbose: bool, output) -> int:
+    """Save each coded result (a tuple: data, seconds[, note]), print a line per file (a summary for several)
+    and return the exit code. Lines go to stdout, or to stderr when the coded data itself goes to stdout
+    (-o -); ``status`` shows progress on stderr meanwhile."""
+    to_stderr = output == STANDARD_STREAM
+    codec.on_progress = status.step
+    tally = Tally(status, quiet=quiet, to_stderr=to_stderr)
+    try:
         for job, outcome in outcomes:
-            if isinstance(outcome, VaecodecError):
+            if isinstance(outcome, Skipped):
+                tally.skipped(job)
+            elif isinstance(outcome, VaecodecError):
                 tally.failed(job, outcome)
-                continue
-            try:
-                bytes_out, compressed_bytes = save(job, outcome)
-            except VaecodecError as error:
-                tally.failed(job, error)
             else:
-                tally.succeeded(job, bytes_out, compressed_bytes)
-    if count > 1:
-        click.echo(tally.summary())
+                try:
+                    bytes_out, compressed_bytes = save(job, outcome)
+                except VaecodecError as error:
+                    tally.failed(job, error)
+                else:
+                    note = outcome[2] if len(outcome) > 2 else ""
+                    tally.succeeded(job, bytes_out, compressed_bytes, note)
+    finally:
+        codec.on_progress = None
+    if (status.total > 1 or verbose) and not quiet:
+        status.echo(tally.summary(), err=to_stderr)
+    if verbose:
+        timings = codec.timings
+        click.echo(f"time in transforms {timings.transform:.2f} s, in entropy coding {timings.entropy:.2f} s "
+                   f"(worker threads overlap them)", err=True)
     return tally.exit_code()
 
 
-@cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@cli.command(cls=Command)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.pass_context
-def info(context, files):
+def info(context, paths):
     """Check .vae files and show their headers (no model needed).
+
+    PATHS are .vae files or directories, searched recursively for .vae files.
 
     \b
     Examples:
       vaecodec info photo.vae
-      vaecodec info compressed/*.vae
+      vaecodec info compressed/
     """
     failed_classes = []
-    for index, path in enumerate(files):
+    shown = 0
+    for path in info_files(paths):
         try:
-            data = read_file(path)
+            data = read_input(path)
             header, payload = container.unpack(data)
         except VaecodecError as error:
             failed_classes.append(type(error))
-            click.echo(error_line(f"{path}: {error}"), err=True)
+            message = str(error)
+            click.echo(error_line(message if str(path) in message else f"{path}: {message}"), err=True)
             continue
         fields = {
             "file": path,
@@ -302,20 +482,25 @@ def info(context, files):
             "total bytes": len(data),
             "bpp": f"{8 * len(data) / (header.width * header.height):.4f}",
         }
-        if index:
+        if shown:
             click.echo()
+        shown += 1
         for name, value in fields.items():
             click.echo(f"{name + ':':16}{value}")
     context.exit(exit_code_for(failed_classes))
 
 
-# --- Commands defined in other modules are registered below (send, receive, train, export, inspect). ---
-from .inspect import inspect  # noqa: E402  (after cli exists)
-from .training import export, train  # noqa: E402
-from .transfer import receive, send  # noqa: E402
-
-for command in (send, receive, train, export, inspect):
-    cli.add_command(command)
+def info_files(paths):
+    """The files named, with each directory replaced by the .vae files below it."""
+    for path in paths:
+        if path.is_dir():
+            found = False
+            for found in walk(path, [COMPRESSED_SUFFIX]):
+                yield found
+            if not found:
+                raise UsageError(f"no {COMPRESSED_SUFFIX} files found in {path}")
+        else:
+            yield path
 
 
 def main():

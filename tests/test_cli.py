@@ -99,14 +99,15 @@ def test_round_trip_with_default_output_names(small_png):
     assert result.exit_code == 0, result.output
     vae = small_png.with_suffix(".vae")
     assert f"-> {vae}" in result.stdout and "96x64" in result.stdout and "bpp" in result.stdout
+    original_bytes = small_png.read_bytes()
     original = Image.open(small_png).convert("RGB")
-    small_png.unlink()
 
     result = run("decompress", vae)
     assert result.exit_code == 0, result.output
-    decoded = Image.open(small_png)
+    decoded = Image.open(small_png.with_name("photo.decoded.png"))  # never onto the photo that was compressed
     assert decoded.format == "PNG" and decoded.mode == "RGB" and decoded.size == (96, 64)
     assert psnr(original, decoded) > 20
+    assert small_png.read_bytes() == original_bytes
 
 
 @pytest.mark.parametrize("size, mode", [((1, 1), "RGB"), ((33, 17), "L")])
@@ -132,7 +133,7 @@ def test_decompress_picks_the_format_from_the_output_suffix_or_format_option(tmp
         assert run("decompress", tmp_path / "photo.vae", "-o", tmp_path / f"out{suffix}").exit_code == 0
         assert Image.open(tmp_path / f"out{suffix}").format == pillow_format
     assert run("decompress", tmp_path, "--format", "bmp").exit_code == 0
-    assert Image.open(tmp_path / "photo.bmp").format == "BMP"
+    assert Image.open(tmp_path / "photo.decoded.bmp").format == "BMP"
 
     assert_one_error_line(run("decompress", tmp_path / "photo.vae", "-o", tmp_path / "out.xyz"), UsageError.exit_code)
     assert not (tmp_path / "out.xyz").exists()
@@ -152,11 +153,14 @@ def test_existing_output_is_kept_without_force_and_replaced_with_it(small_png):
     assert files_in(small_png.parent) == {"photo.png", "photo.vae"}  # and no temporary left behind
 
 
-def test_decompress_will_not_overwrite_the_original_image(small_png):
+def test_decompress_beside_the_input_never_targets_the_original_image(small_png):
     original = small_png.read_bytes()
     assert run("compress", small_png).exit_code == 0
-    assert_one_error_line(run("decompress", small_png.with_suffix(".vae")), UsageError.exit_code)
+    assert run("decompress", small_png.with_suffix(".vae")).exit_code == 0
+    line = assert_one_error_line(run("decompress", small_png.with_suffix(".vae")), UsageError.exit_code)
+    assert "photo.decoded.png exists" in line and "photo.png" not in line.replace("photo.decoded.png", "")
     assert small_png.read_bytes() == original
+    assert files_in(small_png.parent) == {"photo.png", "photo.vae", "photo.decoded.png"}
 
 
 def test_an_interrupted_write_leaves_neither_file_nor_temporary(tmp_path):
@@ -245,7 +249,8 @@ def test_a_file_failing_inside_a_batch_costs_only_itself(tmp_path, compressed):
 
     result = run("decompress", tmp_path, "--batch-size", 8)
     assert "b.vae" in assert_one_error_line(result, InvalidFile.exit_code)
-    assert {"a.png", "c.png", "d.png"} <= files_in(tmp_path) and "b.png" not in files_in(tmp_path)
+    assert {"a.decoded.png", "c.decoded.png", "d.decoded.png"} <= files_in(tmp_path)
+    assert "b.decoded.png" not in files_in(tmp_path)
 
 
 def test_outcomes_come_in_input_order_whatever_fails_where():

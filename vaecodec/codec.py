@@ -28,7 +28,7 @@ from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
 from .latents import Latents
 from .model import STRIDE, HyperpriorVAE, ModelConfig
 from .refine import level_lambda, refine_tiled
-from .tiling import run_tiled
+from .tiling import TILE_UNITS, run_tiled, tiles
 from .zoo import installed_release, read_weights, weights_path
 
 Y_STRIDE = 16  # downsampling of y; z is at STRIDE
@@ -86,6 +86,9 @@ class Codec:
         self.y_tables = TableSet(weights["y_frequencies"].numpy(), weights["y_table_low"].numpy())
         self.training_info = weights.get("training", {})
         self.timings = Timings()
+        # Called as on_progress(what, done, total) while an image is coded: tiles of a large image, steps of
+        # refinement. For progress displays; it must be quick and must not touch the codec.
+        self.on_progress = None
 
     # -- shapes -----------------------------------------------------------------------------------------------
     def latent_shapes(self, width: int, height: int) -> tuple:
@@ -120,6 +123,24 @@ class Codec:
             return tuple(torch.cat(parts) for parts in zip(*outputs))
         return torch.cat(outputs)
 
+    def _reporting(self, transform, what: str, units: tuple, per_tile: int = 1):
+        """``transform``, reporting each call to ``on_progress`` as done out of the calls that ``run_tiled`` or
+        ``refine_tiled`` make over a y grid of ``units`` (height, width): one per tile, times ``per_tile``."""
+        if self.on_progress is None:
+            return transform
+        total = per_tile * (sum(1 for _ in tiles(*units)) if max(units) > TILE_UNITS else 1)
+        done = 0
+        self.on_progress(what, done, total)
+
+        def reported(*args):
+            nonlocal done
+            result = transform(*args)
+            done += 1
+            self.on_progress(what, done, total)
+            return result
+
+        return reported
+
     @torch.no_grad()  # not inference_mode: refinement needs autograd on tensors made here
     def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor, refine_steps: int = 0):
         """Padded images (B, 3, H, W) of the given (height, width) sizes -> z symbols, y symbols (int64) and
@@ -127,7 +148,8 @@ class Codec:
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with queued GPU work
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        y = run_tiled(self.g_a, x, Y_STRIDE, 1) * self.gain[quality_index][:, :, None, None]
+        g_a = self._reporting(self.g_a, "analysis tile", (x.shape[-2] // Y_STRIDE, x.shape[-1] // Y_STRIDE))
+        y = run_tiled(g_a, x, Y_STRIDE, 1) * self.gain[quality_index][:, :, None, None]
         z = self.h_a(y)
         z_symbols = torch.round(z - self.z_offsets[None, :, None, None]).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
         mean_fixed, scale_index = self.hyper_synthesis.run(z_symbols, quality_index)
@@ -145,14 +167,16 @@ class Codec:
         pixel_mask[..., :height, :width] = 1
         lam = level_lambda(self.config.lambdas, quality_index * QUALITY_STEP)
         inverse_gain = self.inverse_gain[quality_index][None, :, None, None]
-        return refine_tiled(self.g_s, x, y, mean, scale_index, inverse_gain, lam, steps, pixel_mask, Y_STRIDE)
+        g_s = self._reporting(self.g_s, "refinement step", tuple(y.shape[-2:]), per_tile=steps)
+        return refine_tiled(g_s, x, y, mean, scale_index, inverse_gain, lam, steps, pixel_mask, Y_STRIDE)
 
     @torch.inference_mode()
     def _synthesize(self, z_symbols: torch.Tensor, y_symbols: torch.Tensor, quality_index: torch.Tensor):
         mean_fixed, _ = self.hyper_synthesis.run(z_symbols.to(self.device), quality_index)
         y_hat = y_symbols.to(self.device).float() + mean_fixed.float() / 2**ACTIVATION_FRAC_BITS
         y_hat = y_hat * self.inverse_gain[quality_index][:, :, None, None]
-        return run_tiled(self.g_s, y_hat.contiguous(memory_format=torch.channels_last), 1, Y_STRIDE).float()
+        g_s = self._reporting(self.g_s, "synthesis tile", tuple(y_hat.shape[-2:]))
+        return run_tiled(g_s, y_hat.contiguous(memory_format=torch.channels_last), 1, Y_STRIDE).float()
 
     # -- entropy coding (one image) ---------------------------------------------------------------------------
     def _scale_index(self, z_symbols: np.ndarray, quality_index: int) -> np.ndarray:
@@ -330,6 +354,57 @@ class Codec:
         z_bits = self.z_tables.estimated_bits(latents.z_symbols, self._z_table_index(latents.z_symbols.shape))
         y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index)
         return z_bits + y_bits
+
+    # -- timed coding, for per-file times -----------------------------------------------------------------------
+    def iter_compress_timed(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
+                            workers: int = 2, refine_steps: int = 0):
+        """As ``iter_compress`` (same bytes), yielding (bytes, seconds spent on that image): its share of the
+        transforms of its batch (by pixels; a batch of one is its own time) plus its entropy coding, which
+        overlaps other images' work in ``workers`` threads, so the seconds add up to more than the wall time."""
+        images = iter(images)
+        batch_size = max(1, batch_size)
+
+        def analysed():
+            while chunk := list(itertools.islice(images, batch_size)):
+                started = time.perf_counter()
+                results = list(self._iter_analysed(chunk, quality, batch_size, refine_steps))
+                seconds = time.perf_counter() - started
+                for result, share in zip(results, _pixel_shares([latents.header for latents, _ in results])):
+                    yield result, share * seconds
+
+        def pack(item):
+            analysed_image, transform_seconds = item
+            data, seconds = _timed(self._pack, analysed_image)
+            return data, transform_seconds + seconds
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            yield from _in_order(pool, pack, analysed(), ahead=2 * batch_size)
+
+    def iter_decompress_timed(self, datas, batch_size: int = 8, workers: int = 2, **options):
+        """As ``iter_decompress`` (same images; ``options`` as it takes), yielding (image, seconds spent on that
+        file), counted as in ``iter_compress_timed``."""
+        batch_size = max(1, batch_size)
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            parse = functools.partial(_timed, functools.partial(self.bytes_to_latents, **options))
+            parsed = _in_order(pool, parse, datas, ahead=2 * batch_size)
+            while chunk := list(itertools.islice(parsed, batch_size)):
+                started = time.perf_counter()
+                images = list(self.iter_decode_latents([latents for latents, _ in chunk], batch_size, **options))
+                seconds = time.perf_counter() - started
+                shares = _pixel_shares([latents.header for latents, _ in chunk])
+                for image, (_, entropy_seconds), share in zip(images, chunk, shares):
+                    yield image, share * seconds + entropy_seconds
+
+
+def _timed(function, *args) -> tuple:
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def _pixel_shares(headers) -> list:
+    pixels = [header.width * header.height for header in headers]
+    return [count / sum(pixels) for count in pixels]
 
 
 def _in_order(pool, function, items, ahead: int):
