@@ -6,7 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 IMAGE ?= ../shared/datasets/kodak/kodim23.png
 
-.PHONY: install test demo bench clean
+# The long training run: a folder outside the checkout, resumed by the same command after any interruption
+# (or started from the shipped weights where the folder is gone), in the background at low priority.
+RUN ?= ../runs/wide
+TRAIN_OPTIONS ?= --init default --channels 128 --latent-channels 192 --patch 256 --batch 4 --lr 1e-4 \
+	--steps 1000000 --decay-at 1
+
+.PHONY: install test demo bench clean train train-stop
 
 $(BIN)/vaecodec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +37,19 @@ bench: install
 	$(BIN)/python -m benchmarks.rounds
 	$(BIN)/python -m benchmarks.model_card
 	$(BIN)/python -m benchmarks.readme
+
+train: install
+	@mkdir -p "$(dir $(RUN))"
+	@if [ -f "$(RUN).pid" ] && kill -0 "$$(cat "$(RUN).pid")" 2>/dev/null; then \
+		echo "training already running (pid $$(cat "$(RUN).pid")), log $(RUN).log"; \
+	else \
+		nohup nice -n 10 $(BIN)/vaecodec train --data ../shared/datasets/train --out "$(RUN)" --resume-or-start \
+			$(TRAIN_OPTIONS) >> "$(RUN).log" 2>&1 < /dev/null & echo $$! > "$(RUN).pid"; \
+		echo "training in the background (pid $$(cat "$(RUN).pid")), log $(RUN).log, run folder $(RUN)"; \
+	fi
+
+train-stop:  # SIGINT: the run checkpoints, then exits
+	@if [ -f "$(RUN).pid" ]; then kill -INT "$$(cat "$(RUN).pid")" 2>/dev/null || true; rm -f "$(RUN).pid"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,6 @@
 """`vaecodec train` and `vaecodec export`: training runs as a product feature."""
 
 import json
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -24,6 +23,15 @@ from vaecodec.errors import UsageError
                    "gradients are largest, lead the shared transforms).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--resume-or-start", is_flag=True,
+              help="Resume --out if it holds a run, else start it with the other options (one command that "
+                   "keeps a long run going: the new-run options are ignored while the run exists).")
+@click.option("--precision", default=None, type=click.Choice(["auto", "bf16", "fp32"]),
+              help="bf16 autocasts the transforms (about 2x faster on CPUs with AVX512-BF16 or AMX, and on "
+                   "GPUs); auto (default) picks bf16 where the hardware has it.")
+@click.option("--decay-at", type=float, default=None,
+              help="Fraction of --steps after which the learning rate drops 10x (default 0.85; 1 keeps it "
+                   "constant, for a run of open-ended length).")
 @click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
 @click.option("--channels", type=int, default=None,
               help="Width N of g_a and g_s (new runs; with --init, more than the init model's widens them, "
@@ -36,8 +44,8 @@ from vaecodec.errors import UsageError
               help="Comma-separated λ of the 8 levels, lowest first (new runs; with --init the per-level "
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
-def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, device, resume, init_weights,
-          channels, latent_channels, hyper_channels, lambdas):
+def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, device, resume,
+          resume_or_start, precision, decay_at, init_weights, channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -46,6 +54,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
     Examples:
       vaecodec train --data ../shared/datasets/train --out runs/new --steps 20000
       vaecodec train --out runs/new --resume
+      vaecodec train --data ../shared/datasets/train --out ~/runs/long --resume-or-start \
+          --init default --steps 1000000 --decay-at 1
       vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
       vaecodec train --data ../shared/datasets/train --out runs/wide --init default \\
           --channels 128 --latent-channels 192
@@ -61,9 +71,13 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
 
     run_path = Path(run_dir)
     overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads,
-                 "level_weighting": level_weighting}
+                 "level_weighting": level_weighting, "precision": precision, "decay_at": decay_at}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None
+    if resume_or_start:
+        resume = checkpoint.exists(run_path)
+        if resume:  # the run fixed these when it started
+            lambdas = channels = latent_channels = hyper_channels = init_weights = None
     if resume:
         if lambdas is not None:
             raise UsageError("--lambdas is fixed when a run starts; it cannot change on --resume")
@@ -111,16 +125,9 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
     click.echo(f"run {run_dir}: step {trainer.step} of {config.steps}, {torch.get_num_threads()} threads, "
                f"device {trainer.device}", err=True)
 
-    def describe(stats):
-        if not stats:
-            return ""
-        return f"step {stats['step']} loss {stats['loss']:.3f} bpp {stats['bpp']:.3f} PSNR {stats['psnr']:.2f}"
+    from .progress import TrainingStatus  # a bar on a terminal, a plain line every ~30 s in a log
 
-    with click.progressbar(length=config.steps - trainer.step, label="training", show_eta=True,
-                           item_show_func=describe, file=sys.stderr) as bar:
-        def progress(stats):
-            bar.update(1, stats)
-
+    with TrainingStatus(trainer.step, config.steps) as progress:
         trainer.run(progress)
     click.echo(f"stopped at step {trainer.step}; checkpoint in {checkpoint.location(run_path)}", err=True)
 
@@ -164,7 +171,9 @@ def _parse_lambdas(text: str, levels: int) -> list:
 @click.option("--name", default=None, help="Model name stored in .vae headers (default: the file stem).")
 @click.option("--fp32", is_flag=True, help="Store the transforms in float32 instead of float16.")
 @click.option("--verify-images", type=int, default=4, help="Held-out images checked after export.")
-def export(run_dir, output, name, fp32, verify_images):
+@click.option("-f", "--force", is_flag=True,
+              help="Replace an existing weights file (its release is kept in archive/ beside it).")
+def export(run_dir, output, name, fp32, verify_images, force):
     """Freeze a run into shipped weights (no optimizer state) and verify them.
 
     \b
@@ -174,6 +183,9 @@ def export(run_dir, output, name, fp32, verify_images):
     from vaecodec.train import checkpoint
     from vaecodec.train.export import export_run
 
+    if Path(output).exists() and not force:
+        raise UsageError(f"{output} exists; export to a new file, or use --force to replace it (the release it "
+                         f"holds is then kept in {Path(output).parent / 'archive'}, so its .vae files stay decodable)")
     if not checkpoint.exists(run_dir):
         raise UsageError(f"{run_dir} has no checkpoint")
     report = export_run(run_dir, output, name=name, fp16=not fp32, verify_images=verify_images)

@@ -79,18 +79,21 @@ class HyperpriorVAE(nn.Module):
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
         """Training pass: noisy latents for the rate, straight-through rounded latents for the distortion."""
         gain, inverse_gain = self.gains(level)
-        y = self.g_a(x) * gain
-        z = self.h_a(y)
-        medians = self.z_prior.medians.detach()[None, :, None, None]
-        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
-        z_likelihood = self.z_prior.likelihood(z_noisy)
-        z_symbols = round_ste(z - medians)
-        mean, scale_position = self.h_s(z_symbols, level)
-        scale = self.y_conditional.scale_from_position(scale_position)
-        y_noisy_residual = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)
-        y_likelihood = self.y_conditional.likelihood(y_noisy_residual, scale)
-        y_hat = round_ste(y - mean) + mean
-        x_hat = self.g_s(y_hat * inverse_gain)
+        y = self.g_a(x).float() * gain
+        # Under bf16 autocast only g_a and g_s run in bf16: the hyperprior is cheap, and the rate and the
+        # scale positions need float32 (a bf16 CDF difference loses the small likelihoods).
+        with torch.autocast(x.device.type, enabled=False):
+            z = self.h_a(y)
+            medians = self.z_prior.medians.detach()[None, :, None, None]
+            z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+            z_likelihood = self.z_prior.likelihood(z_noisy)
+            z_symbols = round_ste(z - medians)
+            mean, scale_position = self.h_s(z_symbols, level)
+            scale = self.y_conditional.scale_from_position(scale_position)
+            y_noisy_residual = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)
+            y_likelihood = self.y_conditional.likelihood(y_noisy_residual, scale)
+            y_hat = round_ste(y - mean) + mean
+        x_hat = self.g_s(y_hat * inverse_gain).float()
         return {"x_hat": x_hat, "y_likelihood": y_likelihood, "z_likelihood": z_likelihood}
 
 

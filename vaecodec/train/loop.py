@@ -42,6 +42,7 @@ class RunConfig:
     crops_per_image: int = 4
     pool_steps: int = 4000
     threads: int = 2
+    precision: str = "auto"  # "bf16" autocasts g_a and g_s; "fp32"; "auto" is bf16 where the hardware has it
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     init: str = ""  # shipped weights this run started from, if any
     hardware: str = ""  # where it trained, for the model card
@@ -58,8 +59,25 @@ def describe_hardware(device: torch.device, threads: int) -> str:
     return f"{os.cpu_count()}-core CPU, {threads} threads"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    return precision
+
+
 class Trainer:
-    def __init__(self, run_dir, config: RunConfig, device="cpu", resume=False, init_state=None):
+    def __init__(self, run_dir, config: RunConfig, device="cpu", resume=False, init_state=None, files=None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -76,9 +94,9 @@ class Trainer:
         self.quantile_optimizer = torch.optim.Adam(quantiles, lr=config.quantile_learning_rate)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
-        self.use_amp = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        files = list_images(config.data)
+        self.use_amp = resolve_precision(config.precision, self.device) == "bf16"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
+        files = list_images(config.data) if files is None else files
         train_files, held_out = split_validation(files, config.validation_images)
         self.pool = CropPool(train_files, config.pool_crop, config.crops_per_image, config.pool_steps, config.seed,
                              device=self.device)
