@@ -55,6 +55,61 @@ def round_commands(rounds: list) -> list:
     return commands
 
 
+CURVE_ROWS_PER_ROUND = 8  # validations shown per round in the card (evenly spaced, always the last)
+
+
+def learning_curve(rounds_trained: list) -> list:
+    """Held-out validations of every round against cumulative CPU and GPU training hours.
+
+    Each round's hours come from its log (``training_seconds``, the stops left out; rounds exported before that
+    was recorded count their logged wall time); hardware naming a CPU counts as CPU, anything else as GPU.
+    """
+    points, cpu_hours, gpu_hours = [], 0.0, 0.0
+    for number, round_info in enumerate(rounds_trained, start=1):
+        log = round_info.get("log_tail", {}) or {}
+        seconds = log.get("training_seconds", log.get("logged_wall_seconds", 0))
+        on_gpu = "CPU" not in round_info.get("hardware", "CPU")
+        curve = log.get("validations") or ([{**log["last_validation"], "hours": seconds / 3600}]
+                                           if log.get("last_validation") else [])
+        for point in curve:
+            points.append({"round": number, "step": point["step"],
+                           "cpu_hours": cpu_hours + (0 if on_gpu else point["hours"]),
+                           "gpu_hours": gpu_hours + (point["hours"] if on_gpu else 0),
+                           "validation": point["validation"]})
+        cpu_hours += 0 if on_gpu else seconds / 3600
+        gpu_hours += seconds / 3600 if on_gpu else 0
+    return points
+
+
+def _thinned(points: list, rows: int) -> list:
+    shown = []
+    for number in sorted({p["round"] for p in points}):
+        of_round = [p for p in points if p["round"] == number]
+        stride = max(1, -(-len(of_round) // rows))
+        shown += of_round[::stride][:rows - 1] + [of_round[-1]] if len(of_round) > 1 else of_round
+    return shown
+
+
+def learning_curve_lines(rounds_trained: list) -> list:
+    points = learning_curve(rounds_trained)
+    if not points:
+        return []
+    levels = list(points[-1]["validation"])
+    lines = ["## Learning curve", "",
+             "Held-out validation (16 training photos never trained on, 256×256 centre crops; model estimate of "
+             "bpp from the noise-free rounded latents, PSNR of the decoded crops) per quality level, against "
+             "cumulative training hours. Rounds exported before each validation was recorded show their end "
+             "point only.", "",
+             "| round | step | CPU h | GPU h | " + " | ".join(f"q{level} bpp / dB" for level in levels) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(levels)]
+    for point in _thinned(points, CURVE_ROWS_PER_ROUND):
+        cells = " | ".join(f"{point['validation'][level]['bpp']:.3f} / {point['validation'][level]['psnr']:.2f}"
+                           if level in point["validation"] else "—" for level in levels)
+        lines.append(f"| {point['round']} | {point['step']} | {point['cpu_hours']:.2f} | {point['gpu_hours']:.2f} | "
+                     f"{cells} |")
+    return lines + [""]
+
+
 def _percent(value) -> str:
     return "no overlap" if value is None or value != value else f"{value:+.1f}%"
 
@@ -104,6 +159,7 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         if run.get("notes"):
             lines.append(f"|   | note: {run['notes']} | | | | | |")
     lines += ["", "Export: `vaecodec export RUN_DIR -o pretrained/" + name + ".pt` (appends the round to the history).", ""]
+    lines += learning_curve_lines(rounds_trained)
     if rounds:
         lines += ["Kodak after each round (from `benchmarks/results/rounds.json`, written by `python -m benchmarks.rounds`"
                   " after each full `benchmarks.rd` run):", "",

@@ -166,13 +166,30 @@ def _training_rounds(weights_file) -> list:
         return []
 
 
+LOG_GAP_SECONDS = 600  # a longer silence between logged steps is a stop (and a later resume), not training
+
+
 def _log_summary(run_dir: Path) -> dict:
-    """Wall time and the last validation of a run, from its log.jsonl."""
+    """Training time and the held-out validations of a run, from its log.jsonl.
+
+    ``training_seconds`` adds up the intervals between logged steps, leaving out the gaps where the run was
+    stopped; each validation carries the training hours at which it ran, for the model card's learning curve.
+    """
     log = run_dir / "log.jsonl"
     if not log.exists():
         return {}
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     times = [r["time"] for r in records if "time" in r]
-    validations = [r for r in records if "validation" in r]
+    seconds, previous, curve = 0.0, None, []
+    for record in records:
+        if "time" in record:
+            if previous is not None and 0 < record["time"] - previous <= LOG_GAP_SECONDS:
+                seconds += record["time"] - previous
+            previous = record["time"]
+        elif "validation" in record:
+            curve.append({"step": record["step"], "hours": round(seconds / 3600, 3),
+                          "validation": record["validation"]})
     return {"logged_wall_seconds": round(times[-1] - times[0], 1) if len(times) > 1 else 0,
-            "last_validation": validations[-1] if validations else None}
+            "training_seconds": round(seconds, 1),
+            "last_validation": curve[-1] if curve else None,
+            "validations": curve}
