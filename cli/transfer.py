@@ -19,14 +19,16 @@ from pathlib import Path
 import click
 
 from vaecodec import container
-from vaecodec.errors import ModelNotFound, UsageError, VaecodecError
-from vaecodec.stream import DEFAULT_MAX_MESSAGE_SIZE, InvalidMessage, MessageType, Receiver, Sender, StreamError
+from vaecodec.errors import ModelNotFound, UsageError, VaecodecError, printable
+from vaecodec.stream import (DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MESSAGE_TIMEOUT, InvalidMessage, MessageType, Receiver,
+                             Sender, StreamError, encode_frame)
+
 
 SENDABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif",
                      ".vae", ".latents"}
 COMPRESSED_SUFFIXES = {MessageType.IMAGE: ".vae", MessageType.LATENTS: ".latents"}
 MAX_STEM_BYTES = 200  # leaves room for "-123.latents" within the usual 255-byte file name limit
-DEFAULT_MAX_MEGAPIXELS = 50  # decoding is refused above: a tiny hostile .vae can announce 67 megapixels
+DEFAULT_MAX_OPEN_CONNECTIONS = 16  # more senders at once are turned away: each holds a thread until its deadline
 
 
 class Address(click.ParamType):
@@ -126,7 +128,7 @@ def send(inputs, address, quality, model, device, timeout):
                     break
                 continue
             delivered += 1
-            click.echo(f"delivered {path} ({_size(delivery.size)}) -> {delivery.stored_as}")
+            click.echo(f"delivered {path} ({_size(delivery.size)}) -> {printable(delivery.stored_as)}")
     click.echo(f"delivered {delivered} of {len(files)} files to {host}:{port}")
     if first_error is not None:
         raise SystemExit(first_error.exit_code)
@@ -137,21 +139,25 @@ def send(inputs, address, quality, model, device, timeout):
 class ReceiveServer:
     """Accepts senders on a TCP address and stores what they send in ``out_dir``, one thread per connection.
 
-    ``codec``: decode each message to PNG; None stores the .vae files and latents as received. Files appear
-    atomically (temp file, then os.replace) under a free name: this server never overwrites a file.
+    ``codec``: decode each message to PNG (images over ``max_pixels`` are refused); None stores the .vae files
+    and latents as received. Files appear atomically (temp file, then os.replace) under a free name: this
+    server never overwrites a file. A sender must deliver each message within ``message_timeout`` seconds of its
+    first byte; beyond ``max_open_connections`` senders at once, a new one is answered NACK and closed.
     """
 
     def __init__(self, address, out_dir, codec=None, *, keep_compressed: bool = False,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_pixels: int = DEFAULT_MAX_MEGAPIXELS * 10**6,
-                 idle_timeout: float = 60.0, log=None):
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_pixels: int = container.DEFAULT_MAX_PIXELS,
+                 idle_timeout: float = 60.0, message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
+                 max_open_connections: int = DEFAULT_MAX_OPEN_CONNECTIONS, log=None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.codec, self.keep_compressed, self.max_pixels = codec, keep_compressed, max_pixels
-        self.max_message_size, self.idle_timeout = max_message_size, idle_timeout
+        self.max_message_size, self.idle_timeout, self.message_timeout = max_message_size, idle_timeout, message_timeout
+        self.max_open_connections = max_open_connections
         self._log = log or (lambda line, error: click.echo(line, err=error))
         self._listener = socket.create_server(address)
         self.address = self._listener.getsockname()[:2]
-        self.stored, self.failed = 0, 0
+        self.stored, self.failed, self.turned_away = 0, 0, 0
         self._lock = threading.Lock()  # counters, log lines, active connections, choosing names
         self._codec_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -168,6 +174,8 @@ class ReceiveServer:
                     connection, peer = self._listener.accept()
                 except TimeoutError:
                     continue
+                if not self._admit(connection, peer):
+                    continue
                 thread = threading.Thread(target=self._serve_connection, args=(connection, peer, max_messages),
                                           daemon=True)
                 thread.start()
@@ -179,6 +187,24 @@ class ReceiveServer:
             self._listener.close()
             for thread in threads:
                 thread.join(timeout=5)
+
+    def _admit(self, connection, peer) -> bool:
+        """Take the connection into service, or turn it away (NACK, close, counted) when too many are open."""
+        with self._lock:
+            if len(self._connections) < self.max_open_connections:
+                self._connections.add(connection)
+                return True
+            self.turned_away += 1
+            self._log(f"turned away {peer[0]}:{peer[1]}: {self.max_open_connections} connections already open",
+                      True)
+        with connection:
+            try:
+                connection.settimeout(1.0)  # a courtesy, never a wait on a peer that does not read
+                connection.sendall(encode_frame(
+                    MessageType.NACK, "", f"receiver busy: {self.max_open_connections} senders connected".encode()))
+            except OSError:
+                pass
+        return False
 
     def stop(self):
         """Stop accepting and cut the connections still open (their unfinished messages are not stored)."""
@@ -192,12 +218,11 @@ class ReceiveServer:
 
     def _serve_connection(self, connection, peer, max_messages):
         source = f"{peer[0]}:{peer[1]}"
-        with self._lock:
-            self._connections.add(connection)
         try:
             with connection:
                 receiver = Receiver(connection, self.codec, max_message_size=self.max_message_size,
-                                    idle_timeout=self.idle_timeout)
+                                    idle_timeout=self.idle_timeout, message_timeout=self.message_timeout,
+                                    max_pixels=self.max_pixels if self.codec is not None else None)
                 while not self._stopping.is_set():
                     try:
                         message = receiver.receive()
@@ -217,7 +242,7 @@ class ReceiveServer:
                                     failed=True, max_messages=max_messages)
                         continue
                     receiver.acknowledge(message, stored_as)
-                    self._count(f"stored {stored_as} ({_size(len(message.data))}) from {source}",
+                    self._count(f"stored {printable(stored_as)} ({_size(len(message.data))}) from {source}",
                                 failed=False, max_messages=max_messages)
         except Exception as error:  # a bug: say so in one line, and keep serving the other senders
             self._count(f"internal error with {source}: {error!r}", failed=True, max_messages=max_messages)
@@ -238,12 +263,9 @@ class ReceiveServer:
         if message.kind not in COMPRESSED_SUFFIXES:
             raise InvalidMessage(f"this receiver stores compressed images and latents, not {message.kind.name}")
         outputs = []  # (suffix, function writing the content to a binary file)
-        if self.codec is not None:
-            width, height = message.header.width, message.header.height
-            if width * height > self.max_pixels:
-                raise InvalidMessage(f"{width}x{height} pixels is over this receiver's limit of {self.max_pixels}")
+        if self.codec is not None:  # the Receiver has refused images over max_pixels
             with self._codec_lock:  # one decode at a time: the codec is not documented as thread-safe
-                image = message.decode(self.codec)
+                image = message.decode(self.codec, self.max_pixels)
             outputs.append((".png", lambda file: image.save(file, format="PNG")))
         if self.codec is None or self.keep_compressed:
             outputs.append((COMPRESSED_SUFFIXES[message.kind], lambda file: file.write(message.data)))
@@ -286,14 +308,19 @@ class ReceiveServer:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--max-size", type=click.IntRange(min=1), default=DEFAULT_MAX_MESSAGE_SIZE >> 20, show_default=True,
               help="Largest message accepted, in MiB.")
-@click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_MEGAPIXELS,
-              show_default=True, help="Largest image decoded, in millions of pixels.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=container.DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest image decoded, in pixels (width x height); larger ones are refused unread.")
 @click.option("--idle-timeout", default=60.0, show_default=True,
               help="Seconds a connection may stay silent before it is closed.")
+@click.option("--message-timeout", default=DEFAULT_MESSAGE_TIMEOUT, show_default=True,
+              help="Seconds a sender has to deliver a whole message, from its first byte.")
+@click.option("--max-connections", "max_open_connections", type=click.IntRange(min=1),
+              default=DEFAULT_MAX_OPEN_CONNECTIONS, show_default=True,
+              help="Senders served at once; more are turned away.")
 @click.option("--once", is_flag=True, help="Exit when the first connection ends.")
 @click.option("--max-messages", type=click.IntRange(min=1), help="Exit after this many messages, good or bad.")
-def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, max_megapixels, idle_timeout, once,
-            max_messages):
+def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, max_pixels, idle_timeout, message_timeout,
+            max_open_connections, once, max_messages):
     """Receive images from `vaecodec send` and store them in a directory.
 
     Each image is decoded to PNG and stored atomically under its sender's file name (made safe, never
@@ -308,7 +335,8 @@ def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, max_
     try:
         codec = None if no_decode else _load_codec(model, device)
         server = ReceiveServer(address, out_dir, codec, keep_compressed=keep_vae, max_message_size=max_size << 20,
-                               max_pixels=int(max_megapixels * 10**6), idle_timeout=idle_timeout)
+                               max_pixels=max_pixels, idle_timeout=idle_timeout, message_timeout=message_timeout,
+                               max_open_connections=max_open_connections)
     except VaecodecError as error:
         _fail(error)
     except OSError as error:  # mkdir names its path; bind does not
@@ -320,6 +348,7 @@ def receive(address, out_dir, keep_vae, no_decode, model, device, max_size, max_
         server.serve(max_connections=1 if once else None, max_messages=max_messages)
     except KeyboardInterrupt:
         server.stop()
-    click.echo(f"stored {server.stored} messages, {server.failed} failed")
+    turned_away = f", {server.turned_away} connections turned away" if server.turned_away else ""
+    click.echo(f"stored {server.stored} messages, {server.failed} failed{turned_away}")
     if server.failed:
         raise SystemExit(StreamError.exit_code)

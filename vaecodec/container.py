@@ -167,12 +167,12 @@ def read_image_header(reader: Reader) -> ImageHeader:
     return ImageHeader(name, model_hash, quality_index, MODES[mode_index], width, height)
 
 
-def check_pixels(header: ImageHeader, max_pixels, what: str):
+def check_pixels(header: ImageHeader, max_pixels, what: str = ""):
     """Raise ImageTooLarge when the image has more than ``max_pixels`` pixels (None: no limit but the format's)."""
     if max_pixels is not None and header.width * header.height > max_pixels:
         raise ImageTooLarge(
-            f"{what} holds a {header.width}x{header.height} image ({header.width * header.height} pixels), over the "
-            f"limit of {max_pixels} pixels; raise the limit to decode it (--max-pixels, max_pixels=)")
+            f"{what + ': ' if what else ''}a {header.width}x{header.height} image ({header.width * header.height} "
+            f"pixels) is over the limit of {max_pixels} pixels; raise it to decode (--max-pixels, max_pixels=)")
 
 
 def pack(header: ImageHeader, payload: bytes) -> bytes:

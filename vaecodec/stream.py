@@ -18,7 +18,9 @@ Each message is one frame, integers little-endian:
 
 The header has its own CRC, so a damaged length is caught before the receiver waits for that many bytes, and
 L is checked against the receiver's limit before any payload is read; the payload buffer then grows only as
-bytes arrive. The stream ends cleanly only between frames: an end anywhere else is reported as truncation.
+bytes arrive. A message must arrive whole within a deadline counted from its first byte (``message_timeout``),
+so a peer that trickles bytes cannot hold a connection by staying just inside the idle timeout. The stream
+ends cleanly only between frames: an end anywhere else is reported as truncation.
 Replies (ACK/NACK) travel the other way, one per message that asked for one, in order, so they carry no
 sequence number. Receivers validate IMAGE and LATENTS payloads (container CRC and header; model, given a codec).
 
@@ -29,13 +31,14 @@ errors (magic, version, header CRC, size, truncation, timeout) are not: the conn
 
 import socket
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
 from . import container
-from .errors import InvalidFile, UnsupportedImage, UsageError, VaecodecError
+from .errors import InvalidFile, UnsupportedImage, UsageError, VaecodecError, printable
 from .latents import MAGIC as LATENTS_MAGIC, Latents
 
 MAGIC = b"VAES"
@@ -48,6 +51,7 @@ MAX_NAME_BYTES = 255
 MAX_PAYLOAD = 0xFFFFFFFF
 DEFAULT_MAX_MESSAGE_SIZE = 64 << 20  # a Kodak image is ~50 kB as .vae and ~0.4 MB as latents
 MAX_REPLY_SIZE = 64 << 10
+DEFAULT_MESSAGE_TIMEOUT = 120.0  # seconds for a whole message: 64 MiB at about 5 Mbit/s
 READ_CHUNK = 1 << 20
 _CONTROL_CHARACTERS = {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
@@ -90,7 +94,7 @@ class MessageTooLarge(StreamError):
 
 
 class StreamTimeout(StreamError):
-    """No data arrived for the idle timeout."""
+    """No data arrived for the idle timeout, or a message did not arrive whole within its deadline."""
 
 
 class InvalidMessage(StreamError):
@@ -126,12 +130,12 @@ class Message:
     header: container.ImageHeader = None  # IMAGE and LATENTS
     latents: Latents = field(default=None, repr=False)  # LATENTS, parsed
 
-    def decode(self, codec):
-        """The image, decoded with ``codec`` (a vaecodec.Codec)."""
+    def decode(self, codec, max_pixels: int = container.DEFAULT_MAX_PIXELS):
+        """The image, decoded with ``codec`` (a vaecodec.Codec); ``max_pixels`` as in ``Codec.decompress``."""
         if self.kind == MessageType.IMAGE:
-            return codec.decompress(self.data)
+            return codec.decompress(self.data, max_pixels)
         if self.kind == MessageType.LATENTS:
-            return codec.decode_latents(self.latents)
+            return codec.decode_latents(self.latents, max_pixels)
         raise UsageError(f"a {self.kind.name} message holds no compressed image")
 
 
@@ -195,19 +199,38 @@ class Channel:
             self.writer.write(data)
             self.writer.flush()
 
-    def read_exactly(self, count: int, timeout: float, what: str) -> bytes:
-        """``count`` bytes, or fewer if the stream ends; the buffer grows only as data arrives."""
+    def read_exactly(self, count: int, timeout: float, what: str, deadline: "Deadline" = None) -> bytes:
+        """``count`` bytes, or fewer if the stream ends; the buffer grows only as data arrives. Each read waits
+        at most ``timeout`` seconds, and all of them end by the ``deadline`` (sockets only)."""
         data = bytearray()
+        deadline = deadline if self.socket is not None else None
         while len(data) < count:
+            wait = timeout if deadline is None else min(timeout, deadline.left(what))
             try:
-                chunk = self.read(min(count - len(data), READ_CHUNK), timeout)
+                chunk = self.read(min(count - len(data), READ_CHUNK), wait)
             except TimeoutError:
+                if deadline is not None and wait < timeout:
+                    deadline.left(what)  # raises: the deadline, not the idle timeout, ran out
                 raise StreamTimeout(
                     f"no data for {timeout:g} s while reading {what} ({len(data)} of {count} bytes received)") from None
             if not chunk:
                 break
             data += chunk
         return bytes(data)
+
+
+class Deadline:
+    """The time by which a whole message must have arrived."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.end = seconds, time.monotonic() + seconds
+
+    def left(self, what: str) -> float:
+        """Seconds left; raises StreamTimeout when none are."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise StreamTimeout(f"{what} did not arrive whole within {self.seconds:g} s")
+        return left
 
 
 @dataclass(frozen=True)
@@ -222,11 +245,14 @@ class FrameHeader:
         return bool(self.flags & FLAG_WANTS_REPLY)
 
 
-def read_header(channel: Channel, timeout: float, what: str):
-    """The next frame's checked header, or None at a clean end of stream."""
-    data = channel.read_exactly(HEADER_SIZE, timeout, f"the header of {what}")
+def read_header(channel: Channel, timeout: float, what: str, message_timeout: float = DEFAULT_MESSAGE_TIMEOUT):
+    """The next frame's checked header and the Deadline for the whole frame, which starts at its first byte;
+    (None, None) at a clean end of stream."""
+    data = channel.read_exactly(1, timeout, f"the header of {what}")
     if not data:
-        return None
+        return None, None
+    deadline = Deadline(message_timeout)
+    data += channel.read_exactly(HEADER_SIZE - 1, timeout, f"the header of {what}", deadline)
     if len(data) < HEADER_SIZE:
         raise TruncatedStream(f"stream ended inside the header of {what} ({len(data)} of {HEADER_SIZE} bytes)")
     fields, (header_crc,) = data[:HEADER_FIELDS.size], CRC.unpack(data[HEADER_FIELDS.size:])
@@ -239,13 +265,13 @@ def read_header(channel: Channel, timeout: float, what: str):
             f"{what}: peer speaks stream version {version}, this vaecodec speaks {STREAM_VERSION}: {advice}")
     if zlib.crc32(fields) != header_crc:
         raise CorruptMessage(f"{what}: header is corrupted (CRC mismatch)")
-    return FrameHeader(kind, flags, name_length, payload_length)
+    return FrameHeader(kind, flags, name_length, payload_length), deadline
 
 
-def read_body(channel: Channel, header: FrameHeader, timeout: float, what: str) -> Frame:
+def read_body(channel: Channel, header: FrameHeader, timeout: float, what: str, deadline: Deadline = None) -> Frame:
     """The rest of the frame after ``header``; check its size against the limit before calling this."""
     size = header.name_length + header.payload_length + CRC.size
-    body = channel.read_exactly(size, timeout, what)
+    body = channel.read_exactly(size, timeout, what, deadline)
     if len(body) < size:
         raise TruncatedStream(
             f"stream ended inside {what} ({HEADER_SIZE + len(body)} of {HEADER_SIZE + size} bytes received)")
@@ -260,13 +286,14 @@ def read_body(channel: Channel, header: FrameHeader, timeout: float, what: str) 
     return Frame(MessageType(header.kind), header.flags, name, body[header.name_length:-CRC.size])
 
 
-def read_frame(channel: Channel, max_payload: int, timeout: float, what: str):
+def read_frame(channel: Channel, max_payload: int, timeout: float, what: str,
+               message_timeout: float = DEFAULT_MESSAGE_TIMEOUT):
     """The next frame, or None at a clean end of stream. Raises StreamError subclasses."""
-    header = read_header(channel, timeout, what)
+    header, deadline = read_header(channel, timeout, what, message_timeout)
     if header is None:
         return None
     check_size(header, max_payload, what)
-    return read_body(channel, header, timeout, what)
+    return read_body(channel, header, timeout, what, deadline)
 
 
 def check_size(header: FrameHeader, max_payload: int, what: str):
@@ -354,18 +381,18 @@ class Sender:
             # A receiver that refuses a message (too large, say) answers NACK and hangs up while we still write.
             reason = self._pending_rejection() if self.wait_for_reply else None
             if reason is not None:
-                raise Rejected(f"{label} rejected by the receiver: {reason}", resumable=False) from None
+                raise Rejected(f"{label} rejected by the receiver: {printable(reason)}", resumable=False) from None
             raise StreamError(f"connection lost while sending {label}: {_describe(error)}") from None
         if not self.wait_for_reply:
             return Delivery(name, kind, len(payload))
         reply = self._read_reply(f"the reply to {label}")
         if reply.kind == MessageType.NACK:
-            raise Rejected(f"{label} rejected by the receiver: {reply.payload.decode('utf-8', 'replace')}")
+            raise Rejected(f"{label} rejected by the receiver: {printable(reply.payload.decode('utf-8', 'replace'))}")
         return Delivery(name, kind, len(payload), reply.name)
 
     def _read_reply(self, what: str) -> Frame:
         try:
-            reply = read_frame(self._channel, MAX_REPLY_SIZE, self.reply_timeout, what)
+            reply = read_frame(self._channel, MAX_REPLY_SIZE, self.reply_timeout, what, self.reply_timeout)
         except OSError as error:
             raise StreamError(f"connection lost while waiting for {what}: {_describe(error)}") from None
         if reply is None:
@@ -389,14 +416,18 @@ class Receiver:
     ``codec`` (optional) is only used to refuse messages of another model early. A message that asked for a
     reply is acknowledged by ``acknowledge()`` or ``reject()``, or else when the next message is requested
     (so iterating acknowledges each message once the loop body for it has run). A message that fails is
-    answered NACK with the reason, and the error raised. ``idle_timeout`` applies to sockets.
+    answered NACK with the reason, and the error raised. On sockets, ``idle_timeout`` bounds every wait for data
+    and ``message_timeout`` the arrival of each whole message, from its first byte. IMAGE and LATENTS messages
+    of more than ``max_pixels`` pixels are refused (None: the format's limit) before anyone decodes them.
     """
 
     def __init__(self, stream, codec=None, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 idle_timeout: float = 60.0):
+                 idle_timeout: float = 60.0, message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS):
         self._channel = Channel(stream)
         self._codec = codec
         self.max_message_size, self.idle_timeout = max_message_size, idle_timeout
+        self.message_timeout, self.max_pixels = message_timeout, max_pixels
         self.received = 0  # messages started, good or bad
         self._unanswered = None  # the last message, while its sender still waits for a reply
         self._failure = None  # the error that left the stream unusable
@@ -414,12 +445,12 @@ class Receiver:
         number, what = self.received + 1, f"message {self.received + 1}"
         header = None
         try:
-            header = read_header(self._channel, self.idle_timeout, what)
+            header, deadline = read_header(self._channel, self.idle_timeout, what, self.message_timeout)
             if header is None:
                 return None
             self.received = number
             check_size(header, self.max_message_size, what)
-            message = self._validate(read_body(self._channel, header, self.idle_timeout, what), number)
+            message = self._validate(read_body(self._channel, header, self.idle_timeout, what, deadline), number)
         except StreamError as error:
             self.received = number
             # A sender of another version can still read our NACK's magic and version: it then reports the mismatch.
@@ -457,6 +488,7 @@ class Receiver:
                 latents = Latents.from_bytes(frame.payload)
                 header = latents.header
             self._check_model(header)
+            container.check_pixels(header, self.max_pixels)
             return Message(frame.kind, name, frame.payload, number, header, latents)
         except (InvalidFile, InvalidMessage) as error:  # say which message
             raise InvalidMessage(f"message {number} ({frame.name!r}): {error}") from None
