@@ -84,7 +84,7 @@ def help_hint(error: click.ClickException) -> str:
 # They are imported only when run or asked for their own help; tests check the lines match their docstrings.
 LAZY_COMMANDS = {
     "send": ("transfer", "Send images (or directories of them) to a `vaecodec receive` over TCP."),
-    "receive": ("transfer", "Receive images from `vaecodec send` and store them."),
+    "receive": ("transfer", "Receive images from `vaecodec send` and store them in a directory."),
     "train": ("training", "Train a variable-rate model (all 8 quality levels in one run)."),
     "export": ("training", "Freeze a run into shipped weights (no optimizer state) and verify them."),
     "inspect": ("inspect", "Show where the bits of a .vae file went."),
@@ -117,7 +117,7 @@ class Group(OneLineErrors, click.Group):
             if name in self.commands:
                 command = self.commands[name]
                 if not command.hidden:
-                    rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+                    rows.append((name, command.get_short_help_str(limit=200)))  # wrapped, not cut
             else:
                 rows.append((name, lazy[name][1]))
         if rows:

@@ -77,9 +77,9 @@ class Status:
             self.detail = f"{what} {done} of {total}" if total > 1 else what
 
     def file_done(self) -> None:
+        """One more file is finished (not necessarily the current one: reading and coding overlap)."""
         with self.lock:
             self.done += 1
-            self.current, self.detail = None, ""
 
     def echo(self, line: str, err: bool = False) -> None:
         with self.lock:

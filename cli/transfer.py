@@ -23,6 +23,8 @@ from vaecodec.errors import ModelNotFound, UsageError, VaecodecError, printable
 from vaecodec.stream import (DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MESSAGE_TIMEOUT, InvalidMessage, MessageType, Receiver,
                              Sender, StreamError, encode_frame)
 
+from .files import walk
+
 
 SENDABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif",
                      ".vae", ".latents"}
@@ -70,12 +72,12 @@ def _check_quality(ctx, param, value):
 
 
 def expand_inputs(paths) -> list:
-    """Files as given; directories contribute their image, .vae and latents files, sorted."""
+    """Files as given; directories contribute their image, .vae and latents files, recursively and sorted (as
+    ``compress`` walks them)."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.iterdir()
-                            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SENDABLE_SUFFIXES)
+            files += walk(path, SENDABLE_SUFFIXES)
         else:
             files.append(path)
     return files
