@@ -25,7 +25,7 @@ def inspect(file, heatmap, model, device, force):
     Prints the bits of each channel group (z, the hyperprior's side information, and y, the latents) and
     of every latent channel, busiest first. They are exact code lengths: -log2 of each decoded symbol's
     integer frequency in the table that coded it (16 more bits per escaped value); they add up to the
-    payload within a few bytes (the range coder's final state and its 32-bit words).
+    payload within a few bytes (the range coder's final state, its 32-bit words and rounding).
 
     \b
     Examples:
@@ -49,15 +49,15 @@ def inspect(file, heatmap, model, device, force):
         raise type(error)(f"{file}: {error}") from None
     codec = load(model or installed_release(header.model_name, header.model_hash) or "default", device)
     usage = bit_usage(codec, data)
+    if heatmap is not None:  # before printing, so that `| head` cannot stop it
+        image = heatmap_image(usage, codec.decompress(data))
+        write_atomically(heatmap, lambda out: image.save(out, format=pillow_format, **save_options), force)
 
     echo_summary(file, usage)
     for group, name in (("y", "latent channels (y)"), ("z", "hyperprior channels (z)")):
         click.echo()
         echo_channels(name, usage.per_channel(group), getattr(usage, f"{group}_bits")[0].size)
     if heatmap is not None:
-        picture = codec.decompress(data)
-        image = heatmap_image(usage, picture)
-        write_atomically(heatmap, lambda out: image.save(out, format=pillow_format, **save_options), force)
         click.echo(f"\nheatmap of bits per 16x16 block written to {heatmap}")
 
 
@@ -68,8 +68,8 @@ def echo_summary(file: Path, usage) -> None:
     click.echo(f"{file}: {header.width}x{header.height} {header.mode}, quality {header.quality:g}, "
                f"model {header.model_name} ({header.model_hash.hex()})")
     click.echo(f"payload {usage.payload_bytes} bytes ({8 * usage.payload_bytes / pixels:.4f} bpp); code lengths "
-               f"sum to {coded_bytes:.1f} bytes, {usage.payload_bytes - coded_bytes:.1f} fewer "
-               f"(the range coder's final state and 32-bit words)")
+               f"sum to {coded_bytes:.1f} bytes ({usage.payload_bytes - coded_bytes:+.1f} in the payload: the range "
+               f"coder's final state, 32-bit words and rounding)")
     if usage.padding_bits:
         click.echo(f"{usage.padding_bits / 8:.1f} bytes code the padding beyond the picture's edges "
                    "(images are padded to a multiple of 64 pixels)")
