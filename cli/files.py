@@ -2,13 +2,18 @@
 
 ``plan`` turns the command-line inputs (files and folders) into ``Job``s, one per file, each with the path to
 write. It only lists paths: folders are walked lazily and images are opened later, one at a time.
-``write_atomically`` writes into a temporary file beside the target and renames it into place. The path
+``write_atomically`` writes into a new file beside the target that gets its name only when complete
+(``NewFile``: unnamed on Linux, so not even kill -9 leaves a temporary behind). The path
 ``-`` stands for standard input or output (``read_input``, ``write_output``).
 """
 
+import ctypes
+import errno
 import io
 import os
+import re
 import secrets
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,27 +180,181 @@ def refuse_overwrite(path: Path, force: bool) -> None:
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], force: bool) -> None:
     """Create ``path`` with ``write(file)``: either the whole new file appears, or nothing changes.
 
-    The data goes to a hidden temporary file in the same folder (same file system, so the final rename is
-    atomic) which is fsynced, then renamed over the target; on any failure, Ctrl-C included, it is deleted.
+    The data goes to a ``NewFile`` in the same folder (same file system, so publishing it is atomic), which is
+    fsynced and then given the target's name; on any failure, Ctrl-C included, it is discarded, and after a
+    kill -9 nothing is left that a user must clean.
     """
     refuse_overwrite(path, force)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with mode 0o666 lets the umask set permissions as for any new file (mkstemp would force 0600).
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        # Checked again just before the rename: the target may have appeared while we were coding.
-        refuse_overwrite(path, force)
-        os.replace(temporary, path)
-    except BaseException as error:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        if isinstance(error, OSError):
-            raise VaecodecError(f"cannot write {path}: {error.strerror or error}") from error
+        remove_stale_temporaries(path.parent)
+        with NewFile(path.parent, path.name) as new:
+            write(new.file)
+            # Checked again just before publishing: the target may have appeared while we were coding.
+            refuse_overwrite(path, force)
+            try:
+                new.publish(path, replace=force)
+            except FileExistsError:
+                raise UsageError(f"{path} exists; use --force to overwrite it") from None
+    except OSError as error:
+        raise VaecodecError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+class NewFile:
+    """A file being written in ``folder`` that gets its name only when complete (``publish``).
+
+    On Linux it is an unnamed O_TMPFILE inode, linked into place at the end: if the process dies, even by
+    kill -9, the kernel frees it and nothing is left behind. Where that is unavailable (another system, a file
+    system without O_TMPFILE, a kernel that refuses the link), it is a hidden temporary named after the
+    target and this process's id, which ``remove_stale_temporaries`` deletes on a later run once that
+    process is gone. Use as a context manager: a file not published is discarded.
+    """
+
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name = Path(folder), name
+        self.temporary = None  # the named temporary, when there is one
+        descriptor = _open_unnamed(self.folder)
+        if descriptor is None:
+            self.temporary = temporary_path(self.folder, name)
+            # os.open with mode 0o666 lets the umask set permissions as for any new file (mkstemp would force 0600).
+            descriptor = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self.file = os.fdopen(descriptor, "wb")
+        self.published = False
+
+    def __enter__(self) -> "NewFile":
+        return self
+
+    def __exit__(self, *exception) -> None:
+        if not self.published:
+            self.discard()
+
+    def publish(self, path: Path, replace: bool) -> None:
+        """Give the written file the name ``path`` (in ``folder``); FileExistsError if ``path`` exists and not
+        ``replace``."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        if self.temporary is None:
+            # Without replace, linking the unnamed file to the target is itself the atomic no-overwrite check.
+            staging = temporary_path(self.folder, path.name) if replace else path
+            if _link_unnamed(self.file.fileno(), staging):
+                if not replace:
+                    return self._close(published=True)
+                self.temporary = staging
+            else:
+                self._name_by_copy()
+        if not replace and os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+        os.replace(self.temporary, path)
+        self.temporary = None
+        self._close(published=True)
+
+    def discard(self) -> None:
+        self._close(published=False)
+        if self.temporary is not None:
+            try:
+                os.unlink(self.temporary)
+            except FileNotFoundError:
+                pass
+
+    def _close(self, published: bool) -> None:
+        self.published = published
+        self.file.close()
+
+    def _name_by_copy(self) -> None:
+        """The unnamed file could not be linked: copy it into a named temporary."""
+        self.temporary = temporary_path(self.folder, self.name)
+        with open(os.dup(self.file.fileno()), "rb") as source, \
+                os.fdopen(os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as copy:
+            source.seek(0)
+            shutil.copyfileobj(source, copy)
+            copy.flush()
+            os.fsync(copy.fileno())
+
+
+def temporary_path(folder: Path, name: str) -> Path:
+    """A hidden temporary beside ``name``; the process id in it tells a live writer's file from a dead one's."""
+    return Path(folder) / f".{name}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete this tool's temporaries in ``folder`` whose writing process is gone (killed mid-write). Done once
+    per folder and process; a temporary of a live process (this one or another) is never touched."""
+    key = os.path.abspath(folder)
+    if key in _swept_folders:
+        return
+    _swept_folders.add(key)
+    try:
+        entries = os.scandir(folder)
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            match = _TEMPORARY_NAME.fullmatch(entry.name)
+            if match and not _process_alive(int(match.group(1))):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a pid: leave the file alone
+        return True
+    return True
+
+
+def _open_unnamed(folder: Path):
+    """A read-write descriptor of an unnamed new file in ``folder`` (Linux O_TMPFILE), or None where the system
+    or file system has none."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(folder, flag | os.O_RDWR, 0o666)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
         raise
+
+
+def _link_unnamed(descriptor: int, path: Path) -> bool:
+    """Link an O_TMPFILE descriptor to ``path``; False when the system refuses (FileExistsError if ``path``
+    exists). First through /proc/self/fd, the unprivileged way (linkat AT_SYMLINK_FOLLOW); where that fails
+    (no /proc; some sandboxes answer EXDEV), linkat with AT_EMPTY_PATH, which may need privileges."""
+    try:
+        os.link(f"/proc/self/fd/{descriptor}", path)
+        return True
+    except FileExistsError:
+        raise
+    except OSError:
+        pass
+    if _linkat is None:
+        return False
+    if _linkat(descriptor, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
+        return True
+    if ctypes.get_errno() == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    return False
+
+
+def _libc_linkat():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        linkat = ctypes.CDLL(None, use_errno=True).linkat
+    except (OSError, AttributeError):
+        return None
+    linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    linkat.restype = ctypes.c_int
+    return linkat
+
+
+TEMPORARY_SUFFIX = ".vaecodec-tmp"
+_TEMPORARY_NAME = re.compile(r"\..*\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMPORARY_SUFFIX))
+_swept_folders = set()  # folders whose stale temporaries this process has already removed
+_AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000  # from <fcntl.h> on Linux
+_linkat = _libc_linkat()

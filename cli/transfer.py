@@ -10,8 +10,8 @@ senders at once (a thread each), decodes each message to PNG (``--keep-vae``: ke
 file, then acknowledges it.
 """
 
+import contextlib
 import os
-import secrets
 import socket
 import threading
 from pathlib import Path
@@ -23,8 +23,7 @@ from vaecodec.errors import ModelNotFound, UsageError, VaecodecError, printable
 from vaecodec.stream import (DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MESSAGE_TIMEOUT, InvalidMessage, MessageType, Receiver,
                              Sender, StreamError, encode_frame)
 
-from .files import walk
-
+from .files import NewFile, remove_stale_temporaries, walk
 
 SENDABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif",
                      ".vae", ".latents"}
@@ -142,7 +141,7 @@ class ReceiveServer:
     """Accepts senders on a TCP address and stores what they send in ``out_dir``, one thread per connection.
 
     ``codec``: decode each message to PNG (images over ``max_pixels`` are refused); None stores the .vae files
-    and latents as received. Files appear atomically (temp file, then os.replace) under a free name: this
+    and latents as received. Files appear atomically (a NewFile, named when complete) under a free name: this
     server never overwrites a file. A sender must deliver each message within ``message_timeout`` seconds of its
     first byte; beyond ``max_open_connections`` senders at once, a new one is answered NACK and closed.
     """
@@ -272,23 +271,17 @@ class ReceiveServer:
         if self.codec is None or self.keep_compressed:
             outputs.append((COMPRESSED_SUFFIXES[message.kind], lambda file: file.write(message.data)))
         stem = Path(message.name).stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore") or "image"
-        temporaries = []
-        try:
-            for _, write in outputs:
-                temporary = self.out_dir / f".receiving-{secrets.token_hex(8)}.part"
-                # os.open rather than mkstemp: mode 0o666 lets the umask decide, as for any new file
-                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                temporaries.append(temporary)
-                with os.fdopen(descriptor, "wb") as file:
-                    write(file)
+        remove_stale_temporaries(self.out_dir)
+        with contextlib.ExitStack() as written:  # files not published by the end are discarded
+            files = []
+            for suffix, write in outputs:
+                new = written.enter_context(NewFile(self.out_dir, f"receiving{suffix}"))
+                write(new.file)
+                files.append(new)
             with self._lock:  # choosing a free name and taking it must not interleave with another thread
                 stem = self._free_stem(stem, [suffix for suffix, _ in outputs])
-                for temporary, (suffix, _) in zip(temporaries, outputs):
-                    os.replace(temporary, self.out_dir / f"{stem}{suffix}")
-        finally:
-            for temporary in temporaries:
-                if os.path.lexists(temporary):
-                    os.unlink(temporary)
+                for new, (suffix, _) in zip(files, outputs):
+                    new.publish(self.out_dir / f"{stem}{suffix}", replace=False)
         return f"{stem}{outputs[0][0]}"
 
     def _free_stem(self, stem: str, suffixes: list) -> str:
