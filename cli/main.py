@@ -20,7 +20,7 @@ import click
 
 import vaecodec
 from vaecodec import container
-from vaecodec.errors import UnsupportedImage, UsageError, VaecodecError
+from vaecodec.errors import UnsupportedImage, UsageError, VaecodecError, printable
 
 from .batch import Tally, code_in_order, error_line, exit_code_for, prepare_ahead
 from .files import (COMPRESSED_SUFFIX, IMAGE_SUFFIXES, LOSSY_FORMATS, OUTPUT_FORMATS, STANDARD_STREAM, Job,
@@ -302,10 +302,13 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
               help="Image format to write.  [default: png, or from the suffix of -o]")
 @click.option("--image-quality", type=click.IntRange(1, 100), default=None, metavar="1-100",
               help="Quality of JPEG, WebP and AVIF outputs.  [default: 95]")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=container.DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest image decoded (width x height); a file announcing more is refused unread, since a "
+                   "small file can ask for a large, slow decode.")
 @model_options
 @click.pass_context
-def decompress(context, inputs, output, format_name, image_quality, force, device, model, workers, batch_size,
-               skip_existing, quiet, verbose):
+def decompress(context, inputs, output, format_name, image_quality, max_pixels, force, device, model, workers,
+               batch_size, skip_existing, quiet, verbose):
     """Decompress .vae files to images.
 
     INPUTS are .vae files or directories (searched recursively for .vae files). Beside its input, photo.vae
@@ -343,7 +346,7 @@ def decompress(context, inputs, output, format_name, image_quality, force, devic
         skip_or_refuse(job, force, skip_existing)
         started = time.perf_counter()
         data = read_input(job.source)
-        header = codec.header(data)  # CRC, format version and model, before spending time on decoding
+        header = codec.header(data, max_pixels)  # CRC, version, model and size, before spending time on decoding
         job.seconds += time.perf_counter() - started
         job.bytes_in = len(data)
         job.width, job.height = header.width, header.height
@@ -359,8 +362,10 @@ def decompress(context, inputs, output, format_name, image_quality, force, devic
     with Status(count, "decompressing", enabled=not quiet) as status:
         outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
                                  lambda datas: codec.iter_decompress_timed(
-                                     datas, workers=workers, batch_size=default_batch_size(codec, batch_size)),
-                                 lambda data: next(codec.iter_decompress_timed([data], batch_size=1)),
+                                     datas, workers=workers, batch_size=default_batch_size(codec, batch_size),
+                                     max_pixels=max_pixels),
+                                 lambda data: next(codec.iter_decompress_timed([data], batch_size=1,
+                                                                               max_pixels=max_pixels)),
                                  status.file_started)
         exit_code = finish(codec, status, outcomes, save, quiet, verbose, output)
     context.exit(exit_code)
@@ -467,11 +472,11 @@ def info(context, paths):
         except VaecodecError as error:
             failed_classes.append(type(error))
             message = str(error)
-            click.echo(error_line(message if str(path) in message else f"{path}: {message}"), err=True)
+            click.echo(error_line(printable(message if str(path) in message else f"{path}: {message}")), err=True)
             continue
-        fields = {
-            "file": path,
-            "model name": header.model_name,
+        fields = {  # what comes from the file is printed escaped: it must not drive the terminal
+            "file": printable(path),
+            "model name": printable(header.model_name),
             "model hash": header.model_hash.hex(),
             "format version": data[len(container.MAGIC)],
             "quality": f"{header.quality:g}",
