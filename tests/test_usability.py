@@ -217,3 +217,19 @@ def test_export_never_replaces_weights_without_force(tmp_path):
     result = run("export", tmp_path, "-o", weights)
     assert result.exit_code == UsageError.exit_code and "--force" in result.stderr
     assert weights.read_bytes() == b"shipped weights"
+
+
+# -- API --------------------------------------------------------------------------------------------------------
+
+def test_decompress_takes_a_path_as_compress_does_and_the_header_reads_as_the_cli_shows_it(small_png, tmp_path):
+    codec = vaecodec.load("default", device="cpu")
+    data = codec.compress(str(small_png), quality=4.25)
+    (tmp_path / "photo.vae").write_bytes(data)
+    expected = codec.decompress(data)
+    for path in (tmp_path / "photo.vae", str(tmp_path / "photo.vae")):
+        assert codec.decompress(path).tobytes() == expected.tobytes()
+    header = codec.header(tmp_path / "photo.vae")
+    assert repr(header) == (f"ImageHeader(model_name='{codec.model_name}', model_hash='{codec.model_hash.hex()}', "
+                            f"quality=4.25, mode='RGB', width=96, height=64)")
+    with pytest.raises(UsageError, match="cannot read"):
+        codec.decompress(tmp_path / "missing.vae")

@@ -10,6 +10,7 @@ codes to the same bytes alone or in a batch. ``refine_steps`` > 0 adds encoder-s
 import collections
 import functools
 import itertools
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -283,9 +284,10 @@ class Codec:
         self.timings.add("entropy", time.perf_counter() - started)
         return container.pack(latents.header, payload)
 
-    def bytes_to_latents(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Latents:
-        """Parse, validate and entropy-decode a .vae file into latents (``max_pixels`` as in ``decompress``)."""
-        header, payload = container.unpack(data)
+    def bytes_to_latents(self, data, max_pixels: int = DEFAULT_MAX_PIXELS) -> Latents:
+        """Parse, validate and entropy-decode a .vae file (bytes or path) into latents (``max_pixels`` as in
+        ``decompress``)."""
+        header, payload = container.unpack(file_bytes(data))
         self._check_model(header, ".vae file")
         container.check_pixels(header, max_pixels, ".vae file")
         started = time.perf_counter()
@@ -293,10 +295,10 @@ class Codec:
         self.timings.add("entropy", time.perf_counter() - started)
         return Latents(header, z_symbols.astype(np.int16), y_symbols.astype(np.int16))
 
-    def header(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
-        """Validate a .vae file (CRC, version, model, size within ``max_pixels``) without decoding it; returns its
-        header."""
-        header, _ = container.unpack(data)
+    def header(self, data, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+        """Validate a .vae file (bytes or path: CRC, version, model, size within ``max_pixels``) without decoding
+        it; returns its header."""
+        header, _ = container.unpack(file_bytes(data))
         self._check_model(header, ".vae file")
         container.check_pixels(header, max_pixels, ".vae file")
         return header
@@ -310,8 +312,8 @@ class Codec:
         """
         return self._pack(next(self._iter_analysed([image], quality, 1, refine_steps)))
 
-    def decompress(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
-        """Bytes of a .vae file -> PIL image (RGB, or L for grayscale sources).
+    def decompress(self, data, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """A .vae file, as bytes or a path (str or os.PathLike) -> PIL image (RGB, or L for grayscale sources).
 
         A file announcing more than ``max_pixels`` pixels is refused with ImageTooLarge before any decoding, as
         Pillow guards against decompression bombs: a small file can ask for a large decode. None allows up to
@@ -333,7 +335,7 @@ class Codec:
                                  ahead=2 * batch_size)
 
     def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS):
-        """Yield images for each .vae file's bytes, in order; parsing and entropy decoding run ahead in
+        """Yield images for each .vae file (bytes or path), in order; parsing and entropy decoding run ahead in
         ``workers`` threads while the synthesis transform decodes batches."""
         with ThreadPoolExecutor(max(1, workers)) as pool:
             parse = functools.partial(self.bytes_to_latents, max_pixels=max_pixels)
@@ -394,6 +396,17 @@ class Codec:
                 shares = _pixel_shares([latents.header for latents, _ in chunk])
                 for image, (_, entropy_seconds), share in zip(images, chunk, shares):
                     yield image, share * seconds + entropy_seconds
+
+
+def file_bytes(data) -> bytes:
+    """The bytes of a .vae file given as bytes or as a path (str or os.PathLike); UsageError if unreadable."""
+    if not isinstance(data, (str, os.PathLike)):
+        return data
+    try:
+        with open(data, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {data}: {error.strerror or error}") from None
 
 
 def _timed(function, *args) -> tuple:

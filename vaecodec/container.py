@@ -75,6 +75,10 @@ class ImageHeader:
     def quality(self) -> float:
         return index_to_quality(self.quality_index)
 
+    def __repr__(self) -> str:  # the quality and hash as the CLI and users write them
+        return (f"ImageHeader(model_name={self.model_name!r}, model_hash={self.model_hash.hex()!r}, "
+                f"quality={self.quality:g}, mode={self.mode!r}, width={self.width}, height={self.height})")
+
 
 def write_varint(value: int) -> bytes:
     out = bytearray()
