@@ -29,10 +29,10 @@ from .progress import Status
 
 INTERRUPTED_EXIT_CODE = 130  # what shells report for a process stopped by SIGINT (128 + 2)
 
-# What quality 1-8 means, from the shipped model's Kodak curve (benchmarks/results/rd.md, 24 images).
-QUALITY_HELP = ("1 (smallest files) to 8 (best quality), in steps of 0.25. On the Kodak photos quality 1 is "
-                "about 0.12 bpp and 26.3 dB PSNR, 3 about 0.26 bpp / 28.8 dB, 5 about 0.50 bpp / 31.5 dB, 8 about "
-                "1.55 bpp / 37.7 dB (benchmarks/results/rd.md).")
+# What quality 1-8 means: the shipped model's mean over the 24 Kodak photos (benchmarks/results/rd.md).
+QUALITY_HELP = ("1 (smallest files) to 8 (best quality), in steps of 0.25. On the Kodak photos: quality 1 about "
+                "0.04 bpp and 23.2 dB PSNR, 3 about 0.20 bpp / 27.5 dB, 5 about 0.65 bpp / 32.3 dB, 8 about "
+                "1.62 bpp / 34.8 dB (benchmarks/results/rd.md).")
 
 
 class OneLineErrors:
@@ -273,8 +273,13 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
         from vaecodec.targeting import compress_to_psnr, compress_to_size
 
         def target(image):
+            """(data, seconds, what was chosen), or the error as the outcome: retrying would search again."""
             started = time.perf_counter()
-            found = compress_to_size(codec, image, max_bytes) if max_bytes else compress_to_psnr(codec, image, min_psnr)
+            try:
+                found = (compress_to_size(codec, image, max_bytes) if max_bytes
+                         else compress_to_psnr(codec, image, min_psnr))
+            except VaecodecError as error:
+                return error
             return found.data, time.perf_counter() - started, found.describe()
 
         code_many, code_one = (lambda images: map(target, images)), target

@@ -126,10 +126,15 @@ class Codec:
 
     def _reporting(self, transform, what: str, units: tuple, per_tile: int = 1):
         """``transform``, reporting each call to ``on_progress`` as done out of the calls that ``run_tiled`` or
-        ``refine_tiled`` make over a y grid of ``units`` (height, width): one per tile, times ``per_tile``."""
+        ``refine_tiled`` make over a y grid of ``units`` (height, width): one per tile, times ``per_tile``.
+        ``what`` names the work ("analysis"); " tile" is added when the image is tiled, unless ``per_tile``
+        already counts steps."""
         if self.on_progress is None:
             return transform
-        total = per_tile * (sum(1 for _ in tiles(*units)) if max(units) > TILE_UNITS else 1)
+        tile_count = sum(1 for _ in tiles(*units)) if max(units) > TILE_UNITS else 1
+        total = per_tile * tile_count
+        if tile_count > 1 and per_tile == 1:
+            what += " tile"
         done = 0
         self.on_progress(what, done, total)
 
@@ -146,11 +151,24 @@ class Codec:
     def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor, refine_steps: int = 0):
         """Padded images (B, 3, H, W) of the given (height, width) sizes -> z symbols, y symbols (int64) and
         y's scale indexes (uint8), on CPU."""
+        x = self._on_device(x)
+        return self._quantize(x, self._analysis(x), quality_index, sizes, refine_steps)
+
+    def _on_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with queued GPU work
             x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        g_a = self._reporting(self.g_a, "analysis tile", (x.shape[-2] // Y_STRIDE, x.shape[-1] // Y_STRIDE))
-        y = run_tiled(g_a, x, Y_STRIDE, 1) * self.gain[quality_index][:, :, None, None]
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def _analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """g_a of padded images on the device, before any quality's gain: one run serves every quality."""
+        g_a = self._reporting(self.g_a, "analysis", (x.shape[-2] // Y_STRIDE, x.shape[-1] // Y_STRIDE))
+        return run_tiled(g_a, x, Y_STRIDE, 1)
+
+    def _quantize(self, x: torch.Tensor, y: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor,
+                  refine_steps: int = 0):
+        """``_analysis`` output at the given quality indexes -> z symbols, y symbols, scale indexes (as
+        ``_analyse``); ``x`` (the padded images on the device) is needed only for refinement."""
+        y = y * self.gain[quality_index][:, :, None, None]
         z = self.h_a(y)
         z_symbols = torch.round(z - self.z_offsets[None, :, None, None]).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
         mean_fixed, scale_index = self.hyper_synthesis.run(z_symbols, quality_index)
@@ -176,7 +194,7 @@ class Codec:
         mean_fixed, _ = self.hyper_synthesis.run(z_symbols.to(self.device), quality_index)
         y_hat = y_symbols.to(self.device).float() + mean_fixed.float() / 2**ACTIVATION_FRAC_BITS
         y_hat = y_hat * self.inverse_gain[quality_index][:, :, None, None]
-        g_s = self._reporting(self.g_s, "synthesis tile", tuple(y_hat.shape[-2:]))
+        g_s = self._reporting(self.g_s, "synthesis", tuple(y_hat.shape[-2:]))
         return run_tiled(g_s, y_hat.contiguous(memory_format=torch.channels_last), 1, Y_STRIDE).float()
 
     # -- entropy coding (one image) ---------------------------------------------------------------------------
