@@ -1,44 +1,84 @@
-"""Copy the committed benchmark results into README.md, between its results markers.
+"""Write the README's results summary from the committed benchmark results, between its results markers.
 
     python -m benchmarks.readme
 
-The README's figures are thereby always the ones in ``benchmarks/results/`` (rd.md, refine.md, speed.md,
-transfer.md, rd.png), which ``make bench`` and ``python -m benchmarks.transfer`` regenerate.
+The README shows what a reader needs: the rate-distortion plot, the BD-rate table of rd.md, the versions it
+was measured with (once), and a link to every full results file in ``benchmarks/results/`` with the command
+that regenerates it. The full tables stay in those files, which ``make bench`` and the benchmark modules
+rewrite; ``results_block`` is deterministic, so tests/test_readme.py checks that the README is current.
 """
 
 from pathlib import Path
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-SECTIONS = (
-    ("Rate–distortion on Kodak", "rd.md", "python -m benchmarks.rd --data ../shared/datasets/kodak"),
-    ("Encoder-side refinement", "refine.md", "python -m benchmarks.refine --data ../shared/datasets/kodak"),
-    ("Speed and memory", "speed.md", "python -m benchmarks.speed --data ../shared/datasets/kodak"),
-    ("Transform ceiling", "ceiling.md", "python -m benchmarks.ceiling --data ../shared/datasets/train"),
-    ("Transfer over loopback", "transfer.md", "python -m benchmarks.transfer --data ../shared/datasets/kodak"),
+RESULTS = Path("benchmarks/results")
+SUMMARY_FILE, SUMMARY_SECTION = "rd.md", "BD-rate of vaecodec"
+FULL_RESULTS = (  # (file, what it holds, command that regenerates it)
+    ("rd.md", "rate-distortion on Kodak: every codec's curve per quality setting, with encode and decode times; "
+              "per image in rd_per_image.csv",
+     "python -m benchmarks.rd --data ../shared/datasets/kodak"),
+    ("refine.md", "encoder-side refinement (`--refine 50`) against the plain encoder",
+     "python -m benchmarks.refine --data ../shared/datasets/kodak"),
+    ("speed.md", "speed and memory: latency, batches, whole commands, peak memory up to 6000x4000",
+     "python -m benchmarks.speed --data ../shared/datasets/kodak"),
+    ("ceiling.md", "transform ceiling: reconstructions from unrounded against rounded latents",
+     "python -m benchmarks.ceiling --data ../shared/datasets/train"),
+    ("transfer.md", "sending images over loopback: PNG, .vae, and compressing on the way",
+     "python -m benchmarks.transfer --data ../shared/datasets/kodak"),
+    ("train_speed.md", "training speed: bf16 autocast against fp32",
+     "python -m benchmarks.train_speed --data ../shared/datasets/train"),
+    ("heldout.md", "a candidate model against the shipped one on held-out training photos",
+     "python -m benchmarks.heldout --data ../shared/datasets/train --candidate CANDIDATE.pt"),
 )
 
 
-def results_block(results: Path) -> str:
-    parts = [START, "", "Everything below is copied from `benchmarks/results/` by `python -m benchmarks.readme`.", ""]
+def sections(markdown: str) -> dict:
+    """{heading text: the text under it, up to the next heading of any level} of a markdown file."""
+    found, heading = {}, None
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+            found[heading] = []
+        elif heading is not None:
+            found[heading].append(line)
+    return {heading: "\n".join(lines).strip() for heading, lines in found.items()}
+
+
+def versions_line(versions_section: str) -> str:
+    """The '- name: version' list of a results file as one sentence."""
+    items = [line[2:].strip().replace(": ", " ", 1) for line in versions_section.splitlines() if line.startswith("- ")]
+    return "Measured with " + "; ".join(items) + "."
+
+
+def results_block(results: Path = RESULTS) -> str:
+    """The README text between the markers (markers included)."""
+    parts = [START, "", "<!-- Written by `python -m benchmarks.readme` from benchmarks/results/: edit those. -->", ""]
     if (results / "rd.png").exists():
         parts += ["![Rate-distortion on Kodak](benchmarks/results/rd.png)", ""]
-    for title, file_name, command in SECTIONS:
-        path = results / file_name
-        if not path.exists():
-            continue
-        body = path.read_text().strip()
-        body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())
-        parts += [f"### {title}", "", f"Regenerate: `{command}`", "", body, ""]
-    parts.append(END)
+    if (results / SUMMARY_FILE).exists():
+        rd = sections((results / SUMMARY_FILE).read_text())
+        parts += [f"{SUMMARY_SECTION} against each codec on Kodak, from [{SUMMARY_FILE}](benchmarks/results/"
+                  f"{SUMMARY_FILE}). {rd[SUMMARY_SECTION]}", ""]
+        if "Versions" in rd:
+            parts += [versions_line(rd["Versions"]), ""]
+    parts += ["Full results, each regenerated by its command:", ""]
+    for file_name, description, command in FULL_RESULTS:
+        if (results / file_name).exists():
+            parts.append(f"* [{file_name}](benchmarks/results/{file_name}): {description} (`{command}`)")
+    parts += ["", END]
     return "\n".join(parts)
+
+
+def updated(readme_text: str, results: Path = RESULTS) -> str:
+    """The README text with its results block replaced by the current one."""
+    before, rest = readme_text.split(START, 1)
+    _, after = rest.split(END, 1)
+    return before + results_block(results) + after
 
 
 def main():
     readme = Path("README.md")
-    text = readme.read_text()
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(before + results_block(Path("benchmarks/results")) + after)
+    readme.write_text(updated(readme.read_text()))
     print("README.md results updated")
 
 
