@@ -382,6 +382,10 @@ class Peers:
         finally:
             for connection in connections:
                 connection.close()
+        while self.server.open_connections:  # the served ones end when the server sees them close
+            if time.monotonic() > deadline:
+                raise Failure("closed connections still counted as open")
+            time.sleep(0.01)
         return "surplus turned away"
 
     def check_folder(self):

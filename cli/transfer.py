@@ -189,6 +189,12 @@ class ReceiveServer:
             for thread in threads:
                 thread.join(timeout=5)
 
+    @property
+    def open_connections(self) -> int:
+        """Senders being served now."""
+        with self._lock:
+            return len(self._connections)
+
     def _admit(self, connection, peer) -> bool:
         """Take the connection into service, or turn it away (NACK, close, counted) when too many are open."""
         with self._lock:

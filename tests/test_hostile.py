@@ -266,7 +266,7 @@ def test_the_server_drops_slow_peers_and_turns_away_more_than_it_serves(tmp_path
             thread = threading.Thread(target=trickle, args=(slow, frame, 0.05, stop), daemon=True)
             thread.start()
             deadline = time.monotonic() + TIMEOUT
-            while not server._connections and time.monotonic() < deadline:
+            while not server.open_connections and time.monotonic() < deadline:
                 time.sleep(0.01)
             with socket.create_connection(server.address, timeout=TIMEOUT) as second:
                 with pytest.raises(Rejected, match="receiver busy"):
