@@ -48,6 +48,22 @@ def prepare_ahead(prepare: Callable, jobs: Iterable[Job], workers: int) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def start_workers(context, codec, workers, batch_size, count: int, model: str):
+    """A ``vaecodec.parallel.CodecPool`` sharing ``codec`` for a job of ``count`` files, or None when the job
+    runs in this process: --workers if given, else one process when --batch-size is given (batches are a
+    one-process affair), else ``default_workers`` for the device; never more workers than files. The pool
+    is stopped when the command ends, whichever way it ends."""
+    from vaecodec.parallel import CodecPool, default_workers
+
+    if workers is None:
+        workers = 1 if batch_size else default_workers(codec.device.type)
+    if min(workers, count) <= 1:
+        return None
+    pool = CodecPool(min(workers, count), model=model, device=codec.device.type, codec=codec)
+    context.call_on_close(pool.terminate)  # a finished job has handed out all its work; Ctrl-C drops the rest
+    return pool
+
+
 def code_in_order(prepared: Iterable[tuple], code_many: Callable, code_one: Callable,
                   on_start: Optional[Callable] = None) -> Iterator[tuple]:
     """(job, result or VaecodecError) for each (job, item or VaecodecError) in ``prepared``, in order.

@@ -22,7 +22,7 @@ import vaecodec
 from vaecodec import container
 from vaecodec.errors import UnsupportedImage, UsageError, VaecodecError, printable
 
-from .batch import Tally, code_in_order, error_line, exit_code_for, prepare_ahead
+from .batch import Tally, code_in_order, error_line, exit_code_for, prepare_ahead, start_workers
 from .files import (COMPRESSED_SUFFIX, IMAGE_SUFFIXES, LOSSY_FORMATS, OUTPUT_FORMATS, STANDARD_STREAM, Job,
                     decoded_suffix, output_format, plan, read_input, refuse_overwrite, walk, write_output)
 from .progress import Status
@@ -153,6 +153,9 @@ def check_quality(context, parameter, quality):
     return quality
 
 
+READ_AHEAD_THREADS = 2  # threads of one process that read input files and entropy-code while the model runs
+
+
 def default_batch_size(codec, batch_size):
     return batch_size or (8 if codec.device.type == "cuda" else 1)
 
@@ -168,13 +171,28 @@ def model_options(command):
     command = click.option("--batch-size", type=click.IntRange(min=1), default=None,
                            help="Images coded together; default 8 on a GPU, 1 on the CPU (where batching measured "
                                 "no faster: benchmarks/results/speed.md).")(command)
-    command = click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-                           help="Threads that read input files ahead of the model and entropy-code.")(command)
+    command = click.option("--workers", type=click.IntRange(min=1), default=None,
+                           help="Worker processes for several files, each with its own model; default one per "
+                                "core (up to 4) on the CPU, where two 1-thread processes measured faster than one "
+                                "2-thread process (benchmarks/results/folder_jobs.md), 1 on a GPU or with "
+                                "--batch-size.")(command)
     command = click.option("--model", default="default", show_default=True,
                            help="Name of the model weights to use.")(command)
     command = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                            show_default=True, help="Where the model runs; auto takes a GPU when there is one.")(command)
     command = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")(command)
+    return command
+
+
+def cluster_options(command):
+    """--ray and --parquet: the job on a Ray cluster (cluster.py)."""
+    command = click.option("--parquet", is_flag=True,
+                           help="With --ray: the .vae files as rows of DST/part-00000.parquet (path, header fields, "
+                                "bytes) instead of files; for decompress, SRC is such a Parquet dataset.")(command)
+    command = click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+                           help="Run on a Ray cluster (pip install vaecodec[ray]): the one at ADDRESS, else RAY_ADDRESS "
+                                "or a running local one, else a new one here. SRC and -o DST may be URIs "
+                                "(s3://, gs://).")(command)
     return command
 
 
@@ -213,9 +231,10 @@ def check_single_stream(inputs, output, what: str):
                    "a good choice; slow: each step costs about two decodes; gains in the README's refinement "
                    "table). Any vaecodec decodes the result.")
 @model_options
+@cluster_options
 @click.pass_context
 def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps, force, device, model, workers,
-             batch_size, skip_existing, quiet, verbose):
+             batch_size, skip_existing, quiet, verbose, ray_address, parquet):
     """Compress images to .vae files.
 
     INPUTS are image files or directories; directories are searched recursively for .png .jpg .jpeg .webp
@@ -238,6 +257,7 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
       vaecodec compress *.jpg --device cuda --batch-size 32
       vaecodec compress photo.png --refine 50       # slower, smaller
       cat photo.png | vaecodec compress - -o - > photo.vae
+      vaecodec compress s3://bucket/photos/ -o s3://bucket/vae/ --ray auto   # on a Ray cluster
     """
     targets = [name for name, value in (("-q", quality), ("--size", max_bytes), ("--psnr", min_psnr))
                if value is not None]
@@ -246,6 +266,11 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
     if refine_steps and (max_bytes or min_psnr):
         raise UsageError("--refine cannot be combined with --size or --psnr (the search measures unrefined files)")
     quality = container.DEFAULT_QUALITY if quality is None else quality
+    if ray_address is not None or parquet:
+        from .cluster import compress_on_ray, refuse_with_ray
+
+        refuse_with_ray(ray_address, size=max_bytes, psnr=min_psnr, skip_existing=skip_existing)
+        context.exit(compress_on_ray(inputs, output, quality, refine_steps, force, model, ray_address, parquet))
     check_single_stream(inputs, output, "an image")
     count = count_jobs(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX))
     if not count:
@@ -283,9 +308,15 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
             return found.data, time.perf_counter() - started, found.describe()
 
         code_many, code_one = (lambda images: map(target, images)), target
+    elif pool := start_workers(context, codec, workers, batch_size, count, model):
+        def code_many(images):  # an image's error comes in its place, never raised
+            return pool.iter_compress_timed(images, quality=quality, refine_steps=refine_steps)
+
+        def code_one(image):
+            return next(pool.iter_compress_timed([image], quality=quality, refine_steps=refine_steps))
     else:
         def code_many(images):
-            return codec.iter_compress_timed(images, quality=quality, workers=workers,
+            return codec.iter_compress_timed(images, quality=quality, workers=READ_AHEAD_THREADS,
                                              batch_size=default_batch_size(codec, batch_size),
                                              refine_steps=refine_steps)
 
@@ -293,7 +324,8 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
             return next(codec.iter_compress_timed([image], quality=quality, batch_size=1, refine_steps=refine_steps))
 
     with Status(count, "compressing", enabled=not quiet) as status:
-        outcomes = code_in_order(prepare_ahead(prepare, jobs, workers), code_many, code_one, status.file_started)
+        outcomes = code_in_order(prepare_ahead(prepare, jobs, READ_AHEAD_THREADS), code_many, code_one,
+                                 status.file_started)
         exit_code = finish(codec, status, outcomes, save, quiet, verbose, output)
     context.exit(exit_code)
 
@@ -311,9 +343,10 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
               help="Largest image decoded (width x height); a file announcing more is refused unread, since a "
                    "small file can ask for a large, slow decode.")
 @model_options
+@cluster_options
 @click.pass_context
 def decompress(context, inputs, output, format_name, image_quality, max_pixels, force, device, model, workers,
-               batch_size, skip_existing, quiet, verbose):
+               batch_size, skip_existing, quiet, verbose, ray_address, parquet):
     """Decompress .vae files to images.
 
     INPUTS are .vae files or directories (searched recursively for .vae files). Beside its input, photo.vae
@@ -329,6 +362,7 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
       vaecodec decompress photo.vae -o photo.avif  # where Pillow writes AVIF
       vaecodec decompress compressed/ -o restored/ --format webp
       vaecodec decompress photo.vae -o - --format png | display
+      vaecodec decompress s3://bucket/vae/ -o restored/ --ray auto       # on a Ray cluster
     """
     check_single_stream(inputs, output, "a .vae file")
     single_file = len(inputs) == 1 and not inputs[0].is_dir()
@@ -338,6 +372,12 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
         if pillow_format not in LOSSY_FORMATS:
             raise UsageError(f"--image-quality applies to JPEG, WebP and AVIF outputs, not {pillow_format}")
         save_options = {**save_options, "quality": image_quality}
+    if ray_address is not None or parquet:
+        from .cluster import decompress_on_ray, refuse_with_ray
+
+        refuse_with_ray(ray_address, skip_existing=skip_existing)
+        context.exit(decompress_on_ray(inputs, output, suffix, pillow_format, save_options, force, model,
+                                       ray_address, parquet))
     beside = decoded_suffix(suffix)  # photo.vae -> photo.decoded.png when written beside its input
     count = count_jobs(plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside))
     if not count:
@@ -358,16 +398,20 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
         return data
 
     def save(job: Job, decoded) -> tuple:
-        image, seconds = decoded
+        image, seconds = decoded  # from worker processes, the bytes of the image file they wrote
         started = time.perf_counter()
-        size = write_output(job.target, lambda file: image.save(file, format=pillow_format, **save_options), force)
+        size = write_output(job.target, (lambda file: file.write(image)) if isinstance(image, bytes) else
+                            (lambda file: image.save(file, format=pillow_format, **save_options)), force)
         job.seconds += seconds + time.perf_counter() - started
         return size, job.bytes_in
 
+    pool = start_workers(context, codec, workers, batch_size, count, model)
     with Status(count, "decompressing", enabled=not quiet) as status:
-        outcomes = code_in_order(prepare_ahead(prepare, jobs, workers),
+        outcomes = code_in_order(prepare_ahead(prepare, jobs, READ_AHEAD_THREADS),
+                                 (lambda datas: pool.iter_decompress_timed(datas, pillow_format, save_options,
+                                                                           max_pixels=max_pixels)) if pool else
                                  lambda datas: codec.iter_decompress_timed(
-                                     datas, workers=workers, batch_size=default_batch_size(codec, batch_size),
+                                     datas, workers=READ_AHEAD_THREADS, batch_size=default_batch_size(codec, batch_size),
                                      max_pixels=max_pixels),
                                  lambda data: next(codec.iter_decompress_timed([data], batch_size=1,
                                                                                max_pixels=max_pixels)),

@@ -85,9 +85,10 @@ def _compress_timed(codec: Codec, image, quality: float, refine_steps: int) -> t
     return data, time.perf_counter() - started
 
 
-def _decompress_timed(codec: Codec, data: bytes, image_format: str | None, save_options: dict) -> tuple:
+def _decompress_timed(codec: Codec, data: bytes, image_format: str | None, save_options: dict,
+                      decode_options: dict) -> tuple:
     started = time.perf_counter()
-    image = codec.decompress(data)
+    image = codec.decompress(data, **decode_options)
     if image_format is not None:  # encoding the image file is as costly as decoding; it belongs here too
         encoded = io.BytesIO()
         image.save(encoded, format=image_format, **save_options)
@@ -185,11 +186,13 @@ class CodecPool:
         return self.map(functools.partial(_compress_timed, quality=quality, refine_steps=refine_steps), images)
 
     def iter_decompress_timed(self, datas: Iterable, image_format: str | None = None,
-                              save_options: dict | None = None) -> Iterator:
+                              save_options: dict | None = None, **decode_options) -> Iterator:
         """(image, seconds the worker spent) for each .vae file's bytes, in order, or the file's
         ``VaecodecError``. With ``image_format`` (a Pillow format name, with ``save_options``) the image
-        comes as the bytes of that image file, encoded in the worker."""
-        function = functools.partial(_decompress_timed, image_format=image_format, save_options=save_options or {})
+        comes as the bytes of that image file, encoded in the worker. ``decode_options`` (``max_pixels``) go
+        to ``Codec.decompress``."""
+        function = functools.partial(_decompress_timed, image_format=image_format, save_options=save_options or {},
+                                     decode_options=decode_options)
         return self.map(function, datas)
 
     def compress_batch(self, images: Iterable, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> list:
