@@ -73,11 +73,23 @@ class Codec:
         self.model_hash = model_hash
         self.device = device
         self.config = ModelConfig(**weights["config"])
-        model = HyperpriorVAE(self.config)
-        model.load_state_dict({k: v.float() for k, v in weights["transforms"].items()}, strict=False)
-        model = model.to(device).eval().to(memory_format=torch.channels_last)
-        self.g_a, self.h_a, self.g_s = model.g_a, model.h_a, model.g_s
-        model.requires_grad_(False)  # latent refinement differentiates through g_s, never into its weights
+        # Built without memory or random initialisation ("meta" tensors), then given the stored tensors: only
+        # g_a, h_a and g_s are used, and the weights file holds all of theirs (checked below).
+        with torch.device("meta"):
+            model = HyperpriorVAE(self.config)
+        # One conversion per tensor, straight to the layout the transforms run in: on a busy CPU every
+        # multi-threaded copy waits for a free core, so fewer copies load the model several times faster.
+        transforms = {name: tensor.to(device, torch.float32, memory_format=torch.channels_last if tensor.dim() == 4
+                                      else torch.preserve_format)
+                      for name, tensor in weights["transforms"].items()}
+        model.load_state_dict(transforms, strict=False, assign=True)
+        self.g_a, self.h_a, self.g_s = (transform.eval().to(memory_format=torch.channels_last)
+                                        for transform in (model.g_a, model.h_a, model.g_s))
+        for name, tensor in itertools.chain(*(t.state_dict().items() for t in (self.g_a, self.h_a, self.g_s))):
+            if tensor.is_meta:
+                raise InvalidFile(f"weights of model {self.model_name} lack the transform tensor {name}")
+        for transform in (self.g_a, self.h_a, self.g_s):
+            transform.requires_grad_(False)  # refinement differentiates through g_s, never into its weights
         self.hyper_synthesis = IntegerHyperSynthesis(
             model.h_s.specs, weights["hyper_synthesis"], self.config.latent_channels, model.h_s.num_scales, device)
         self.gain = weights["gain"].float().to(device)
