@@ -133,7 +133,7 @@ def start_ray(address):
                      log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise UsageError(f"cannot connect to Ray at {address or 'the default address'}: {error}") from None
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True  # results in input order, so the report is stable

@@ -53,23 +53,29 @@ def actor_resources(ray) -> dict:
 # ---- the actors (run in Ray worker processes) ----
 
 class _Coder:
-    def __init__(self, model: str, device: str):
+    """Loads the codec once per actor. The job's settings are attributes of a subclass made for the job
+    (``_with_settings``) rather than constructor arguments, which Ray would keep in its object store."""
+
+    settings: dict = {}
+
+    def __init__(self):
         import torch
 
         from .codec import load
 
-        if device == "cpu":
+        for name, value in self.settings.items():
+            setattr(self, name, value)
+        if self.device == "cpu":
             torch.set_num_threads(1)  # one CPU per actor: more threads would only contend with the others
-        self.codec = load(model, device)
+        self.codec = load(self.model, self.device)
+
+
+def _with_settings(actor: type, **settings) -> type:
+    return type(actor.__name__.lstrip("_"), (actor,), {"settings": settings})
 
 
 class _Compressor(_Coder):
     """Compresses a batch of rows holding image files (``bytes``) or decoded images (``image`` arrays)."""
-
-    def __init__(self, model: str, device: str, quality: float, refine_steps: int, column: str, path_column: str):
-        super().__init__(model, device)
-        self.quality, self.refine_steps = quality, refine_steps
-        self.column, self.path_column = column, path_column
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -106,12 +112,6 @@ class _Compressor(_Coder):
 class _Decompressor(_Coder):
     """Decompresses a batch of rows holding .vae bytes, to image arrays or to encoded image files."""
 
-    def __init__(self, model: str, device: str, column: str, path_column: str, image_format: str | None,
-                 save_options: dict):
-        super().__init__(model, device)
-        self.column, self.path_column = column, path_column
-        self.image_format, self.save_options = image_format, save_options
-
     def __call__(self, batch: dict) -> dict:
         datas = batch[self.column]
         paths = batch.get(self.path_column, [None] * len(datas))
@@ -140,9 +140,9 @@ class _Decompressor(_Coder):
             out["width"].append(image.width), out["height"].append(image.height), out["mode"].append(image.mode)
             out["error"].append(None)
             out["error_class"].append(None)
-        if self.image_format:
-            out["image"] = np.array(out["image"], dtype=object)
-        return {name: _column(values) for name, values in out.items()}
+        images = out.pop("image")  # arrays of different shapes: Ray stores them as a variable-shaped tensor column
+        return {"image": _column(images) if self.image_format else images,
+                **{name: _column(values) for name, values in out.items()}}
 
 
 def COMPRESSED_SCHEMA():
@@ -156,8 +156,6 @@ def COMPRESSED_SCHEMA():
 
 
 def _column(values: list) -> np.ndarray:
-    if values and isinstance(values[0], np.ndarray):
-        return values  # image arrays of different shapes: Ray stores them as a variable-shaped tensor column
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array
@@ -191,14 +189,13 @@ def _placement(ray, num_gpus):
     return placement
 
 
-def _map(ds, actor, constructor_args: tuple, actors: int | None, num_gpus, batch_size: int):
+def _map(ds, actor: type, settings: dict, actors: int | None, num_gpus, batch_size: int):
     ray = import_ray()
     placement = _placement(ray, num_gpus)
     resources = {key: placement[key] for key in ("num_cpus", "num_gpus") if key in placement}
-    return ds.map_batches(actor, batch_size=batch_size, batch_format="numpy",
-                          fn_constructor_args=(constructor_args[0], placement["device"], *constructor_args[1:]),
-                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors or placement["actors"]),
-                          **resources)
+    return ds.map_batches(_with_settings(actor, device=placement["device"], **settings), batch_size=batch_size,
+                          batch_format="numpy", **resources,
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors or placement["actors"]))
 
 
 def compress_dataset(ds, quality: float = DEFAULT_QUALITY, *, model: str = "default", refine_steps: int = 0,
@@ -220,7 +217,8 @@ def compress_dataset(ds, quality: float = DEFAULT_QUALITY, *, model: str = "defa
         quality_to_index(float(quality))
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
-    return _map(ds, _Compressor, (model, quality, refine_steps, column, path_column), actors, num_gpus, batch_size)
+    settings = dict(model=model, quality=quality, refine_steps=refine_steps, column=column, path_column=path_column)
+    return _map(ds, _Compressor, settings, actors, num_gpus, batch_size)
 
 
 def decompress_dataset(ds, *, model: str = "default", column: str = "vae", path_column: str = "path",
@@ -235,5 +233,6 @@ def decompress_dataset(ds, *, model: str = "default", column: str = "vae", path_
     as "PNG", with ``save_options``) the bytes of that image file. ``model`` must be the model that wrote
     the files (the default decodes the shipped model's).
     """
-    return _map(ds, _Decompressor, (model, column, path_column, image_format, save_options or {}), actors,
-                num_gpus, batch_size)
+    settings = dict(model=model, column=column, path_column=path_column, image_format=image_format,
+                    save_options=save_options or {})
+    return _map(ds, _Decompressor, settings, actors, num_gpus, batch_size)
