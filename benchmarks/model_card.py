@@ -62,22 +62,25 @@ def learning_curve(rounds_trained: list) -> list:
     """Held-out validations of every round against cumulative CPU and GPU training hours.
 
     Each round's hours come from its log (``training_seconds``, the stops left out; rounds exported before that
-    was recorded count their logged wall time); hardware naming a CPU counts as CPU, anything else as GPU.
+    was recorded count their logged wall time); hardware naming a CPU counts as CPU, anything else as GPU, and
+    within a CPU run the steps merged in from GPU rounds count as GPU hours.
     """
     points, cpu_hours, gpu_hours = [], 0.0, 0.0
     for number, round_info in enumerate(rounds_trained, start=1):
         log = round_info.get("log_tail", {}) or {}
         seconds = log.get("training_seconds", log.get("logged_wall_seconds", 0))
+        merged_gpu_seconds = log.get("gpu_training_seconds", 0)  # GPU rounds merged into a CPU run
         on_gpu = "CPU" not in round_info.get("hardware", "CPU")
         curve = log.get("validations") or ([{**log["last_validation"], "hours": seconds / 3600}]
                                            if log.get("last_validation") else [])
         for point in curve:
+            hours, merged = point["hours"], point.get("gpu_hours", 0)
             points.append({"round": number, "step": point["step"],
-                           "cpu_hours": cpu_hours + (0 if on_gpu else point["hours"]),
-                           "gpu_hours": gpu_hours + (point["hours"] if on_gpu else 0),
+                           "cpu_hours": cpu_hours + (0 if on_gpu else hours - merged),
+                           "gpu_hours": gpu_hours + (hours if on_gpu else merged),
                            "validation": point["validation"]})
-        cpu_hours += 0 if on_gpu else seconds / 3600
-        gpu_hours += seconds / 3600 if on_gpu else 0
+        cpu_hours += 0 if on_gpu else (seconds - merged_gpu_seconds) / 3600
+        gpu_hours += seconds / 3600 if on_gpu else merged_gpu_seconds / 3600
     return points
 
 

@@ -30,26 +30,28 @@ import torch
 
 from benchmarks.rd import machine_info
 
-# (label, channels N, latent channels M, patch, batch, precision); the first row is the reference.
+# (label, channels N, latent channels M, patch, batch, precision, torch.compile); the first row is the reference.
 CONFIGURATIONS = [
-    ("shipped n64/m128, fp32", 64, 128, 256, 4, "fp32"),
-    ("shipped n64/m128, bf16", 64, 128, 256, 4, "bf16"),
-    ("n128/m192, fp32", 128, 192, 256, 4, "fp32"),
-    ("n128/m192, bf16", 128, 192, 256, 4, "bf16"),
+    ("shipped n64/m128, fp32", 64, 128, 256, 4, "fp32", False),
+    ("shipped n64/m128, bf16", 64, 128, 256, 4, "bf16", False),
+    ("n128/m192, fp32", 128, 192, 256, 4, "fp32", False),
+    ("n128/m192, bf16", 128, 192, 256, 4, "bf16", False),
+    ("n128/m192, bf16, torch.compile", 128, 192, 256, 4, "bf16", True),
+    ("n128/m192, bf16, 1 thread", 128, 192, 256, 4, "bf16", False),
 ]
 
 
-def time_configuration(files, channels, latent_channels, patch, batch, precision, steps, threads) -> dict:
+def time_configuration(files, channels, latent_channels, patch, batch, precision, compiled, steps, threads) -> dict:
     from vaecodec.model import ModelConfig
     from vaecodec.train.loop import RunConfig, Trainer
 
     model = ModelConfig(channels=channels, latent_channels=latent_channels).to_dict()
     with tempfile.TemporaryDirectory() as run_dir:
         config = RunConfig(data=[], model=model, patch=patch, batch=batch, precision=precision, threads=threads,
-                           validation_images=0, log_every=10**9, pool_steps=10**9, crops_per_image=2)
+                           compile=compiled, validation_images=0, log_every=10**9, pool_steps=10**9, crops_per_image=2)
         trainer = Trainer(run_dir, config, files=files)
         try:
-            for _ in range(3):  # warm-up: first pool, allocator, oneDNN primitive caches
+            for _ in range(3):  # warm-up: first pool, allocator, oneDNN primitive caches, compilation
                 trainer.train_step()
             durations = []
             for _ in range(steps):
@@ -103,10 +105,13 @@ def main(data, steps, threads, images, train_steps, out):
     all_files = list_images([data])
     files = all_files[:images]
     rows = []
-    for label, channels, latent_channels, patch, batch, precision in CONFIGURATIONS:
-        result = time_configuration(files, channels, latent_channels, patch, batch, precision, steps, threads)
+    for label, channels, latent_channels, patch, batch, precision, compiled in CONFIGURATIONS:
+        row_threads = 1 if label.endswith("1 thread") else threads
+        result = time_configuration(files, channels, latent_channels, patch, batch, precision, compiled, steps,
+                                    row_threads)
         rows.append({"configuration": label, "channels": channels, "latent_channels": latent_channels,
-                     "patch": patch, "batch": batch, "precision": precision, **result})
+                     "patch": patch, "batch": batch, "precision": precision, "compile": compiled,
+                     "threads": row_threads, **result})
         click.echo(f"{label}: {result}", err=True)
     reference = rows[0]["pixels_per_second"]
     for row in rows:
@@ -125,14 +130,14 @@ def main(data, steps, threads, images, train_steps, out):
     lines = [
         "# Training step throughput",
         "",
-        f"{report['date']}, torch {report['torch']}, {threads} threads; median of {steps} steps after 3 "
+        f"{report['date']}, torch {report['torch']}; median of {steps} steps after 3 "
         f"warm-up steps, all rows in one run. Reference: the first row.",
         "",
-        "| configuration | patch × batch | s/step | steps/s | pixels/s | × reference |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | threads | patch × batch | s/step | steps/s | pixels/s | × reference |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        lines.append(f"| {row['configuration']} | {row['patch']}×{row['batch']} | {row['seconds_per_step']} | "
+        lines.append(f"| {row['configuration']} | {row['threads']} | {row['patch']}×{row['batch']} | {row['seconds_per_step']} | "
                      f"{row['steps_per_second']} | {row['pixels_per_second']:,} | "
                      f"{row['pixel_throughput_vs_reference']} |")
     lines += ["", f"## Does bf16 train as well?", "",

@@ -29,6 +29,9 @@ from vaecodec.errors import UsageError
 @click.option("--precision", default=None, type=click.Choice(["auto", "bf16", "fp32"]),
               help="bf16 autocasts the transforms (about 2x faster on CPUs with AVX512-BF16 or AMX, and on "
                    "GPUs); auto (default) picks bf16 where the hardware has it.")
+@click.option("--compile", "compiled", is_flag=True, default=None,
+              help="Run the training forward pass through torch.compile (measure it first: "
+                   "python -m benchmarks.train_speed).")
 @click.option("--decay-at", type=float, default=None,
               help="Fraction of --steps after which the learning rate drops 10x (default 0.85; 1 keeps it "
                    "constant, for a run of open-ended length).")
@@ -45,7 +48,7 @@ from vaecodec.errors import UsageError
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, device, resume,
-          resume_or_start, precision, decay_at, init_weights, channels, latent_channels, hyper_channels, lambdas):
+          resume_or_start, precision, compiled, decay_at, init_weights, channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -71,7 +74,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
 
     run_path = Path(run_dir)
     overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads,
-                 "level_weighting": level_weighting, "precision": precision, "decay_at": decay_at}
+                 "level_weighting": level_weighting, "precision": precision, "decay_at": decay_at,
+                 "compile": compiled}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None
     if resume_or_start:

@@ -1,6 +1,6 @@
 """Build ``.carry/``: what a training call on the lent GPU machine needs and the machine lacks.
 
-    python tools/prepare_carry.py [--data ../shared/datasets/train] [--out .carry]
+    python tools/prepare_carry.py [--data ../shared/datasets/train] [--out .carry] [--run ../runs/wide]
 
 The device machine gets a copy of the working tree (at most 64 MiB with the carried paths) but not
 ``../shared``, and its Python has torch, numpy, click and Pillow but not constriction, with no internet.
@@ -8,7 +8,10 @@ So this writes
   - ``.carry/train/``: every training photo re-saved as WebP quality 85 with its long side at most 576 px
     (about 29 MiB for the 753 photos; training downscales by a random factor anyway, and its crops are 256 px;
     ``--long-side`` trades size for detail when the tracked tree grows);
-  - ``.carry/whl/``: the constriction wheel for CPython 3.12 on manylinux x86_64 (``pip download``).
+  - ``.carry/whl/``: the constriction wheel for CPython 3.12 on manylinux x86_64 (``pip download``);
+  - with ``--run``: ``.carry/init.pt``, the CPU run's current state exported (the GPU round starts from it
+    with ``--init .carry/init.pt``), and ``.carry/init.json`` naming the run and its step, so that
+    ``tools/merge_gpu_round.py`` can check that the run has not moved on before it takes the GPU's result.
 ``.carry`` is listed in ``.gitignore``; pass it to the device in ``carry``. See README, "Training on a GPU".
 """
 
@@ -28,13 +31,31 @@ CONSTRICTION = "constriction==0.5.0"
 DEVICE_TREE_MIB = 64  # what the device machine takes: working tree plus carried paths
 
 
+def carry_run(run: Path, out: Path):
+    import json
+
+    from vaecodec.train import checkpoint
+    from vaecodec.train.export import export_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "init.pt").unlink(missing_ok=True)
+    export_run(run, out / "init.pt", verify_images=0)
+    step = checkpoint.load(run)["step"]
+    (out / "init.json").write_text(json.dumps({"run": str(run.resolve()), "step": step}) + "\n")
+    click.echo(f"{out}/init.pt: {run} at step {step}", err=True)
+
+
 @click.command()
 @click.option("--data", default="../shared/datasets/train", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default=".carry", type=click.Path(file_okay=False))
 @click.option("--long-side", default=LONG_SIDE, show_default=True,
               help="Longest image side; lower it when the tracked tree has grown and the total exceeds 64 MiB.")
-def main(data, out, long_side):
+@click.option("--run", default=None, type=click.Path(exists=True, file_okay=False),
+              help="The CPU run to continue on the GPU (stop it first: make train-stop).")
+def main(data, out, long_side, run):
     data, out = Path(data), Path(out)
+    if run:
+        carry_run(Path(run), out)
     train = out / "train"
     files = list_images([data])
     with click.progressbar(files, label="training photos", file=sys.stderr) as bar:

@@ -173,23 +173,28 @@ def _log_summary(run_dir: Path) -> dict:
     """Training time and the held-out validations of a run, from its log.jsonl.
 
     ``training_seconds`` adds up the intervals between logged steps, leaving out the gaps where the run was
-    stopped; each validation carries the training hours at which it ran, for the model card's learning curve.
+    stopped; ``gpu_training_seconds`` is the part of it spent in GPU rounds merged into the run (records
+    marked ``"device": "cuda"``). Each validation carries the training hours at which it ran, for the model
+    card's learning curve.
     """
     log = run_dir / "log.jsonl"
     if not log.exists():
         return {}
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     times = [r["time"] for r in records if "time" in r]
-    seconds, previous, curve = 0.0, None, []
+    seconds, gpu_seconds, previous, curve = 0.0, 0.0, None, []
     for record in records:
         if "time" in record:
-            if previous is not None and 0 < record["time"] - previous <= LOG_GAP_SECONDS:
-                seconds += record["time"] - previous
+            interval = record["time"] - previous if previous is not None else 0
+            if 0 < interval <= LOG_GAP_SECONDS:
+                seconds += interval
+                if record.get("device") == "cuda":  # steps merged in from a GPU round
+                    gpu_seconds += interval
             previous = record["time"]
         elif "validation" in record:
             curve.append({"step": record["step"], "hours": round(seconds / 3600, 3),
-                          "validation": record["validation"]})
+                          "gpu_hours": round(gpu_seconds / 3600, 3), "validation": record["validation"]})
     return {"logged_wall_seconds": round(times[-1] - times[0], 1) if len(times) > 1 else 0,
-            "training_seconds": round(seconds, 1),
+            "training_seconds": round(seconds, 1), "gpu_training_seconds": round(gpu_seconds, 1),
             "last_validation": curve[-1] if curve else None,
             "validations": curve}

@@ -43,6 +43,7 @@ class RunConfig:
     pool_steps: int = 4000
     threads: int = 2
     precision: str = "auto"  # "bf16" autocasts g_a and g_s; "fp32"; "auto" is bf16 where the hardware has it
+    compile: bool = False  # run the training forward pass through torch.compile
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     init: str = ""  # shipped weights this run started from, if any
     hardware: str = ""  # where it trained, for the model card
@@ -88,6 +89,9 @@ class Trainer:
         if init_state is not None:
             self.model.load_state_dict(init_state)
         self.model = self.model.to(memory_format=torch.channels_last)
+        # compiling the forward function (not the module) keeps the state_dict's names, so checkpoints and
+        # exports are the same with and without it
+        self.forward = torch.compile(self.model) if config.compile else self.model
         quantiles = [self.model.z_prior.quantiles]
         main = [p for n, p in self.model.named_parameters() if n != "z_prior.quantiles"]
         self.optimizer = torch.optim.Adam(main, lr=config.learning_rate)
@@ -145,7 +149,7 @@ class Trainer:
             group["lr"] = config.learning_rate_at(self.step)
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            output = self.model(x, levels)
+            output = self.forward(x, levels)
         output = {k: v.float() for k, v in output.items()}
         losses = rate_distortion_loss(x, output, levels, self.model.config.lambdas, config.level_weighting)
         self.optimizer.zero_grad(set_to_none=True)
