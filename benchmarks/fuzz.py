@@ -489,6 +489,11 @@ def run(cases: int, seed: int, max_pixels: int, log) -> dict:
 def markdown_report(result: dict) -> str:
     lines = [
         "## Fuzzing: hostile files and peers", "",
+        f"Regenerate: `python -m benchmarks.fuzz --cases {result['cases']} --seed {result['seed']} "
+        f"--max-pixels {result['max_pixels']}`", "",
+        "Each case must end in a documented error (or a decode of a file whose CRC holds, never above the pixel "
+        "limit), a NACK or a closed connection, within the case limit; after every hostile sender a valid message "
+        "must still be stored; the receiver's folder must hold only acknowledged files and no temporaries.", "",
         f"Run {result['date']}: {result['cases']} cases (seed {result['seed']}), model {result['model']}, "
         f"pixel limit {result['max_pixels']}, one torch thread, {result['wall_s']} s wall clock on "
         f"{result['machine'].get('cpu', 'unknown CPU')} ({result['machine'].get('cpu_count')} cores). "
