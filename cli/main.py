@@ -388,6 +388,10 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
     def prepare(job: Job):
         if job.problem:
             raise job.problem
+        if not force and job.target.with_suffix("") == job.source.with_suffix("") and job.target.exists():
+            # -o photo.png beside photo.vae: most likely the photo that was compressed. No --force hint here.
+            raise UsageError(f"{job.target} exists and may be the original of {job.source.name}; "
+                             f"write the decoded image under another name")
         skip_or_refuse(job, force, skip_existing)
         started = time.perf_counter()
         data = read_input(job.source)

@@ -96,6 +96,14 @@ def test_standard_input_and_output(small_png, tmp_path):
     assert result.exit_code == 3 and "standard input" in result.stderr and not (tmp_path / "x.vae").exists()
 
 
+def test_no_hint_invites_overwriting_the_original(small_png):
+    original = small_png.read_bytes()
+    assert run("compress", small_png).exit_code == 0
+    result = run("decompress", small_png.with_suffix(".vae"), "-o", small_png)
+    assert result.exit_code == UsageError.exit_code and "original" in result.stderr
+    assert "--force" not in result.stderr and small_png.read_bytes() == original
+
+
 def test_image_quality_sets_lossy_output_quality_and_avif_is_written(small_png, tmp_path):
     assert run("compress", small_png).exit_code == 0
     vae = small_png.with_suffix(".vae")
