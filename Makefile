@@ -18,7 +18,7 @@ $(BIN)/vaecodec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/pip install -q -e ".[test,bench,ray]"
 	touch $@
 
 install: $(BIN)/vaecodec

@@ -290,9 +290,15 @@ def decompress_on_ray(inputs, output, suffix: str, pillow_format: str, save_opti
     source, destination = one_source_and_output(inputs, output)
     report = Report()
     if parquet:
+        import pyarrow.parquet
+
+        try:  # the paths alone, read here, name the outputs before anything is decoded
+            relative_paths = pyarrow.parquet.read_table(source.path, columns=["path"],
+                                                        filesystem=source.filesystem).column("path").to_pylist()
+        except (OSError, ValueError, KeyError) as error:
+            raise UsageError(f"{source.text}: not a Parquet dataset of compress --parquet ({error})") from None
         ray = start_ray(address)
-        table = ray.data.read_parquet(source.path, filesystem=source.filesystem, columns=["path", "vae"], num_cpus=0)
-        relative_paths = [row["path"] for row in table.select_columns(["path"]).iter_rows()]
+        table = ray.data.read_parquet(source.path, filesystem=source.filesystem, num_cpus=0).select_columns(["path", "vae"])
         items = [Item(Location(f"{source.text}[{relative}]"), relative) for relative in relative_paths]
         for item in items:
             item.target = destination.child(str(PurePosixPath(item.relative).with_suffix(suffix)))
