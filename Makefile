@@ -18,7 +18,9 @@ $(BIN)/vaecodec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test,bench,ray]"
+	@# setuptools warns that an editable install of this layout (cli/ is vaecodec_cli) goes through an import
+	@# hook; that is intended, and the warning would be the only output of a clean install.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[test,bench,ray]"
 	touch $@
 
 install: $(BIN)/vaecodec
