@@ -60,3 +60,71 @@ def test_default_is_one_worker_per_core_on_the_cpu(monkeypatch):
     assert default_workers("cpu") == 2
     monkeypatch.setattr("vaecodec.parallel.cpu_count", lambda: 64)
     assert default_workers("cpu") == 4  # capped: each worker holds a model
+
+
+# -- the command line's folder jobs --------------------------------------------------------------------------------
+
+def run(*args):
+    from click.testing import CliRunner
+
+    from vaecodec_cli.main import cli
+
+    return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+
+def files_in(folder) -> dict:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def report(result, output) -> list:
+    """The per-file lines without their times or the output folder, and the error lines (not the progress
+    lines a slow run prints)."""
+    lines = [line.rsplit(", ", 1)[0].replace(str(output), "OUT") for line in result.stdout.splitlines()
+             if " -> " in line]
+    return lines + [line for line in result.stderr.splitlines() if line.startswith("vaecodec: error: ")]
+
+
+def test_folder_job_on_workers_writes_and_reports_as_one_process(images, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "a").mkdir(parents=True)
+    for index, image in enumerate(images):
+        image.save(folder / ("a" if index % 2 else "") / f"{index}.png")
+    (folder / "a" / "bad.png").write_bytes(b"not a png")
+
+    one = run("compress", folder, "-o", tmp_path / "one", "-q", 3, "--workers", 1)
+    two = run("compress", folder, "-o", tmp_path / "two", "-q", 3, "--workers", 2)
+    assert one.exit_code == two.exit_code == UnsupportedImage.exit_code
+    assert report(two, tmp_path / "two") == report(one, tmp_path / "one") and len(report(one, tmp_path / "one")) == len(images) + 1
+    assert files_in(tmp_path / "two") == files_in(tmp_path / "one")
+
+    one = run("decompress", tmp_path / "one", "-o", tmp_path / "one_png", "--workers", 1)
+    two = run("decompress", tmp_path / "one", "-o", tmp_path / "two_png", "--workers", 2)
+    assert one.exit_code == two.exit_code == 0
+    assert report(two, tmp_path / "two_png") == report(one, tmp_path / "one_png")
+    assert files_in(tmp_path / "two_png") == files_in(tmp_path / "one_png")
+
+
+def test_ctrl_c_stops_a_job_on_workers_and_leaves_only_whole_files(tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from vaecodec import container
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted(KODAK.glob("*.png"))[:12]:
+        shutil.copyfile(path, folder / path.name)
+    job = subprocess.Popen([sys.executable, "-m", "vaecodec_cli.main", "compress", str(folder), "-o", str(tmp_path / "out"),
+                            "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    assert " -> " in job.stdout.readline()  # one file written: the workers are busy with the next ones
+    os.killpg(job.pid, signal.SIGINT)  # as Ctrl-C does: to the command and its workers
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 130 and "Traceback" not in stderr, stderr
+    written = sorted((tmp_path / "out").iterdir())
+    assert 1 <= len(written) < 12 and all(path.suffix == ".vae" for path in written)  # no temporary files
+    for path in written:
+        container.unpack(path.read_bytes())  # each one whole (the CRC covers the file)
