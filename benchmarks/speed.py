@@ -15,8 +15,13 @@
    fresh process, next to a process that only loads the model and the image. The peak is the process's own
    VmHWM from /proc: ru_maxrss of a child is no good here, as Linux carries the parent's high-water mark
    (this process's, with torch loaded) over fork and exec into it.
+5. Folder jobs: `vaecodec compress DIR` and `decompress DIR` over the Kodak folder in one process (torch on
+   all cores), on worker processes (one per core, one thread each) and on a local Ray instance, interleaved
+   in rounds so that load from other processes falls on all three alike; images/s of the job (the
+   command's own summary, from the model loaded or the cluster reached) and of the whole command.
 
-Writes speed.json and speed.md to --out.
+Writes speed.json and speed.md to --out, and folder_jobs.json and folder_jobs.md; --only-folder-jobs
+measures part 5 alone.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -191,6 +197,119 @@ def command_line_throughput(image_paths: list, quality: float) -> dict:
     return result
 
 
+# ---- folder jobs: one process, worker processes, Ray ----
+
+
+def folder_job_ways(cores: int) -> dict:
+    """name -> (processes x threads, extra command-line arguments) of each way to run a folder job."""
+    ways = {"one process": (f"1 x {cores}", ["--workers", "1"]),
+            "worker processes": (f"{cores} x 1", ["--workers", str(cores)])}
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return ways
+    return {**ways, "Ray, local instance": (f"{cores} actors x 1", ["--ray"])}
+
+
+def folder_job_throughput(image_paths: list, quality: float, rounds: int) -> dict:
+    """Compress and decompress the folder of ``image_paths`` each way, ``rounds`` times, interleaved; per way
+    and direction: images/s of the job (the command's summary line) and of the whole command (wall clock,
+    with interpreter start, model loading and, for Ray, starting the instance), the best round of each
+    (the one least slowed by other processes), and whether the files are identical to one process's."""
+    script = str(Path(sys.executable).with_name("vaecodec"))
+    ways = folder_job_ways(os.cpu_count() or 1)
+    result = {"images": len(image_paths), "rounds": rounds, "ways": {}}
+    if "Ray, local instance" not in ways:
+        result["ray_skipped"] = "ray is not installed (pip install vaecodec[ray])"
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        sources = scratch / "kodak"
+        sources.mkdir()
+        for path in image_paths:
+            shutil.copyfile(path, sources / path.name)
+        runs = {name: {"compress": [], "decompress": []} for name in ways}
+        for round_index in range(rounds):
+            for name, (_, arguments) in ways.items():
+                out = scratch / f"round{round_index}-{list(ways).index(name)}"
+                for direction, source, target in (("compress", sources, out / "vae"), ("decompress", out / "vae", out / "png")):
+                    extra = ["-q", str(quality)] if direction == "compress" else []
+                    started = time.perf_counter()
+                    finished = subprocess.run([script, direction, str(source), "-o", str(target), *extra, *arguments],
+                                              capture_output=True, text=True)
+                    wall = time.perf_counter() - started
+                    if finished.returncode != 0:
+                        raise RuntimeError(f"{name} {direction} failed:\n{finished.stderr[-2000:]}")
+                    job_rate = float(re.search(r"([0-9.]+) images/s", finished.stdout).group(1))
+                    files = {path.relative_to(target).as_posix(): path.read_bytes()
+                             for path in sorted(target.rglob("*")) if path.is_file()}
+                    runs[name][direction].append({"job_images_per_s": job_rate,
+                                                  "command_images_per_s": len(image_paths) / wall,
+                                                  "command_s": wall, "files": files})
+        reference = runs["one process"]
+        for name, (layout, _) in ways.items():
+            entry = {"processes_x_threads": layout}
+            for direction, rows in runs[name].items():
+                entry[direction] = {
+                    "job_images_per_s": max(row["job_images_per_s"] for row in rows),
+                    "command_images_per_s": max(row["command_images_per_s"] for row in rows),
+                    "rounds": [{key: value for key, value in row.items() if key != "files"} for row in rows],
+                    "same_files_as_one_process": all(row["files"] == reference[direction][0]["files"] for row in rows),
+                }
+            result["ways"][name] = entry
+    return result
+
+
+def folder_jobs_report(result: dict) -> str:
+    folder = result["folder_jobs"]
+    lines = [
+        "# vaecodec folder jobs: one process, worker processes, Ray",
+        "",
+        f"Run {result['date']} on {result['machine'].get('cpu', '?')} ({result['machine']['cpu_count']} cores), "
+        f"`{result['command']}`: `vaecodec compress DIR` and `decompress DIR` over {folder['images']} Kodak images, "
+        f"quality {result['quality']}, {folder['rounds']} rounds interleaved, best round of each. Load average "
+        f"(1 min) {result['load_average'][0]:.1f} at the start and {result['load_average_after'][0]:.1f} at the "
+        "end: other processes shared the cores, so the figures compare the ways with each other, not with other "
+        "machines.",
+        "",
+        "Job images/s: the command's own summary, counted from the model loaded (Ray: from the cluster reached, so "
+        "it includes starting the actors). Command images/s: images over the wall clock of the whole command, "
+        "with Python start-up, model loading and, for Ray, starting a local instance. Speed-up: job images/s "
+        "against one process, in the same run.",
+        "",
+        "| way | processes x threads | compress img/s, job | speed-up | compress img/s, command "
+        "| decompress img/s, job | speed-up | decompress img/s, command | same files as one process |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    one = folder["ways"]["one process"]
+    for name, entry in folder["ways"].items():
+        compress, decompress = entry["compress"], entry["decompress"]
+        same = compress["same_files_as_one_process"] and decompress["same_files_as_one_process"]
+        lines.append(
+            f"| {name} | {entry['processes_x_threads']} | {compress['job_images_per_s']:.2f} "
+            f"| {compress['job_images_per_s'] / one['compress']['job_images_per_s']:.2f}x "
+            f"| {compress['command_images_per_s']:.2f} | {decompress['job_images_per_s']:.2f} "
+            f"| {decompress['job_images_per_s'] / one['decompress']['job_images_per_s']:.2f}x "
+            f"| {decompress['command_images_per_s']:.2f} | {'yes' if same else 'NO'} |")
+    if "ray_skipped" in folder:
+        lines.append(f"| Ray | skipped: {folder['ray_skipped']} | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def measure_folder_jobs(image_paths: list, quality: float, rounds: int, out_dir: Path) -> dict:
+    """Part 5 alone, written to folder_jobs.json and folder_jobs.md; returns its result."""
+    from benchmarks.rd import machine_info
+
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:]),
+              "machine": machine_info(), "quality": quality, "load_average": os.getloadavg()}
+    result["folder_jobs"] = folder_job_throughput(image_paths, quality, rounds)
+    result["load_average_after"] = os.getloadavg()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "folder_jobs.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "folder_jobs.md").write_text(folder_jobs_report(result))
+    return result
+
+
 # ---- peak memory, one fresh process per case ----
 
 
@@ -340,6 +459,9 @@ def markdown_report(result: dict) -> str:
               "| image size | case | peak RSS MiB | wall s |", "|---|---|---:|---:|"]
     for entry in result["peak_rss"]:
         lines.append(f"| {entry['size']} | {entry['case']} | {entry['peak_rss_mib']:.0f} | {entry['wall_s']:.1f} |")
+    if result.get("folder_jobs"):
+        lines += ["", "## Folder jobs", "", "One process, worker processes and Ray, measured in this run: "
+                  "[folder_jobs.md](folder_jobs.md)."]
     lines += ["", "'load' is the process that only imports, loads the model and the image: the floor under the others.",
               "", "## Versions", ""]
     lines += [f"- {name}: {version}" for name, version in result["versions"].items()]
@@ -359,15 +481,24 @@ def markdown_report(result: dict) -> str:
               help="torch threads for the multi-threaded latency, throughput and memory runs.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--quality", type=float, default=4.0, show_default=True, help="vaecodec quality for all runs.")
-def main(data_dir, out_dir, quick, threads, repeats, quality):
+@click.option("--only-folder-jobs", is_flag=True,
+              help="Measure only the folder jobs (one process, worker processes, Ray): folder_jobs.json and .md.")
+@click.option("--folder-rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Rounds of the folder jobs (1 with --quick).")
+def main(data_dir, out_dir, quick, threads, repeats, quality, only_folder_jobs, folder_rounds):
     """Latency, throughput and peak memory of vaecodec, with JPEG/WebP/AVIF latencies at equal bpp."""
+    image_paths = sorted(data_dir.glob("*.png"))
+    if quick:
+        image_paths, repeats, folder_rounds = image_paths[:QUICK_IMAGES], 1, 1
+    if only_folder_jobs:
+        measure_folder_jobs(image_paths, quality, folder_rounds, out_dir)
+        click.echo(f"results in {out_dir}")
+        return
+
     import torch
 
     import vaecodec
 
-    image_paths = sorted(data_dir.glob("*.png"))
-    if quick:
-        image_paths, repeats = image_paths[:QUICK_IMAGES], 1
     images = [(path.stem, Image.open(path).convert("RGB")) for path in image_paths]
     codec = vaecodec.load("default", device="cpu")
 
@@ -401,6 +532,9 @@ def main(data_dir, out_dir, quick, threads, repeats, quality):
     click.echo("command line ...")
     command_line = command_line_throughput(image_paths[: 2 if quick else 8], quality)
 
+    click.echo("folder jobs ...")
+    folder_jobs = measure_folder_jobs(image_paths, quality, folder_rounds, out_dir)["folder_jobs"]
+
     click.echo("peak memory ...")
     peak_rss = []
     large_size = QUICK_LARGE_SIZE if quick else LARGE_SIZE
@@ -432,6 +566,7 @@ def main(data_dir, out_dir, quick, threads, repeats, quality):
         "classical_skipped": skipped,
         "throughput": throughput,
         "command_line": command_line,
+        "folder_jobs": folder_jobs,
         "peak_rss": peak_rss,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

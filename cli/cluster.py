@@ -141,7 +141,9 @@ def start_ray(address):
 
 
 class Report:
-    """A line per file, the summary, and the exit code, as the one-process job prints them."""
+    """A line per file, the summary, and the exit code, as the one-process job prints them. Its clock
+    restarts once the cluster is reached (``connected``), as the one-process job's starts with the model
+    loaded."""
 
     def __init__(self):
         self.started = time.perf_counter()
@@ -162,6 +164,9 @@ class Report:
         self.failed_classes.append(type(error) if isinstance(error, VaecodecError) else error_class)
         message = without_name(str(error), PurePosixPath(item.source.text).name)
         click.echo(error_line(f"{item.source.text}: {message}"), err=True)
+
+    def connected(self) -> None:
+        self.started = time.perf_counter()
 
     def finish(self, count: int) -> int:
         seconds = time.perf_counter() - self.started
@@ -217,6 +222,7 @@ def compress_on_ray(inputs, output, quality: float, refine_steps: int, force: bo
         ready = claim_targets(items, report, force)
     if ready:
         ray = start_ray(address)
+        report.connected()
         coded = vaecodec.ray.compress_dataset(read_files(ray, ready), quality=quality, model=model,
                                               refine_steps=refine_steps)
         rows = iter_rows(coded, ready)
@@ -298,6 +304,7 @@ def decompress_on_ray(inputs, output, suffix: str, pillow_format: str, save_opti
         except (OSError, ValueError, KeyError) as error:
             raise UsageError(f"{source.text}: not a Parquet dataset of compress --parquet ({error})") from None
         ray = start_ray(address)
+        report.connected()
         table = ray.data.read_parquet(source.path, filesystem=source.filesystem, num_cpus=0).select_columns(["path", "vae"])
         items = [Item(Location(f"{source.text}[{relative}]"), relative) for relative in relative_paths]
         for item in items:
@@ -314,6 +321,7 @@ def decompress_on_ray(inputs, output, suffix: str, pillow_format: str, save_opti
         ready = claim_targets(items, report, force)
         if ready:
             ray = start_ray(address)
+            report.connected()
             table = read_files(ray, ready)
     if ready:
         decoded = vaecodec.ray.decompress_dataset(table, model=model, column="vae" if parquet else "bytes",
