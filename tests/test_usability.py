@@ -241,3 +241,15 @@ def test_decompress_takes_a_path_as_compress_does_and_the_header_reads_as_the_cl
                             f"quality=4.25, mode='RGB', width=96, height=64)")
     with pytest.raises(UsageError, match="cannot read"):
         codec.decompress(tmp_path / "missing.vae")
+
+
+def test_a_tiled_image_reports_each_tile_as_it_is_done():
+    codec = vaecodec.load("default", device="cpu")
+    reports = []
+    codec.on_progress = lambda what, done, total: reports.append((what, done, total))
+    image = Image.new("RGB", (1700, 40), (90, 120, 150))  # 107 units of 16 pixels wide: two tiles of at most 96
+    data = codec.compress(image)
+    assert [r for r in reports if r[0] == "analysis tile"] == [("analysis tile", n, 2) for n in range(3)]
+    reports.clear()
+    codec.decompress(data)
+    assert [r for r in reports if r[0] == "synthesis tile"] == [("synthesis tile", n, 2) for n in range(3)]
