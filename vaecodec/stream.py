@@ -209,8 +209,8 @@ class Channel:
             try:
                 chunk = self.read(min(count - len(data), READ_CHUNK), wait)
             except TimeoutError:
-                if deadline is not None and wait < timeout:
-                    deadline.left(what)  # raises: the deadline, not the idle timeout, ran out
+                if wait < timeout:
+                    continue  # it was the deadline's remainder: the next pass raises (or waits out the rest)
                 raise StreamTimeout(
                     f"no data for {timeout:g} s while reading {what} ({len(data)} of {count} bytes received)") from None
             if not chunk:
