@@ -109,3 +109,26 @@ def test_ray_is_imported_only_when_asked_and_its_absence_is_one_line():
                               capture_output=True, text=True)
     assert finished.returncode == 2
     assert finished.stderr.splitlines() == ["vaecodec: error: Ray is not installed; pip install vaecodec[ray]"]
+
+
+def test_datasets_of_image_arrays_compress_and_decompress_inside_a_pipeline(local_ray):
+    import numpy as np
+
+    import vaecodec
+    import vaecodec.ray
+
+    codec = vaecodec.load("default", device="cpu")
+    source = Image.open(KODAK / "kodim23.png").convert("RGB")
+    images = [source.crop((300, 100, 396, 164)), source.crop((0, 0, 70, 50)).convert("L")]
+    # (H, W, C) arrays, grayscale with C = 1: the layout decompress_dataset returns (Ray pads a column that
+    # mixes 2-D and 3-D arrays to 3-D at the front, which no image reader could undo)
+    rows = [{"path": f"{index}.png", "image": np.asarray(image).reshape(image.height, image.width, -1)}
+            for index, image in enumerate(images)]
+    compressed = vaecodec.ray.compress_dataset(ray.data.from_items(rows), quality=3)
+    decoded = vaecodec.ray.decompress_dataset(compressed).take_all()  # one pipeline: two actor pools in a row
+    assert [row["path"] for row in decoded] == ["0.png", "1.png"]
+    for image, row in zip(images, decoded):
+        expected = codec.decompress(codec.compress(image, quality=3))
+        assert row["error"] is None and row["mode"] == image.mode
+        assert np.array_equal(row["image"], np.asarray(expected).reshape(row["image"].shape))
+        assert row["image"].shape[2] == (3 if image.mode == "RGB" else 1)

@@ -167,7 +167,8 @@ def _to_image(value):
 
     from .images import open_image
     if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim in (2, 3):
-        return open_image(Image.fromarray(value[:, :, 0] if value.ndim == 3 and value.shape[2] == 1 else value))
+        pixels = np.ascontiguousarray(value[:, :, 0] if value.ndim == 3 and value.shape[2] == 1 else value)
+        return open_image(Image.fromarray(pixels))
     try:
         with Image.open(io.BytesIO(bytes(value))) as image:
             image = ImageOps.exif_transpose(image)
