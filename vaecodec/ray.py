@@ -53,8 +53,9 @@ def actor_resources(ray) -> dict:
 # ---- the actors (run in Ray worker processes) ----
 
 class _Coder:
-    """Loads the codec once per actor. The job's settings are attributes of a subclass made for the job
-    (``_with_settings``) rather than constructor arguments, which Ray would keep in its object store."""
+    """Loads the codec once per actor. The job's settings (model, device, quality, columns) are class
+    attributes of a subclass made for the job by ``_with_settings``, so that the class alone, shipped to
+    each actor, says what to do."""
 
     settings: dict = {}
 
