@@ -340,8 +340,8 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
 @click.option("--image-quality", type=click.IntRange(1, 100), default=None, metavar="1-100",
               help="Quality of JPEG, WebP and AVIF outputs.  [default: 95]")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=container.DEFAULT_MAX_PIXELS, show_default=True,
-              help="Largest image decoded (width x height); a file announcing more is refused unread, since a "
-                   "small file can ask for a large, slow decode.")
+              help="Largest image decoded (width x height); a file announcing more is refused before decoding, "
+                   "since a small file can ask for a large, slow decode.")
 @model_options
 @cluster_options
 @click.pass_context

@@ -310,7 +310,7 @@ class ReceiveServer:
 @click.option("--max-size", type=click.IntRange(min=1), default=DEFAULT_MAX_MESSAGE_SIZE >> 20, show_default=True,
               help="Largest message accepted, in MiB.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=container.DEFAULT_MAX_PIXELS, show_default=True,
-              help="Largest image decoded, in pixels (width x height); larger ones are refused unread.")
+              help="Largest image decoded, in pixels (width x height); larger ones are refused before decoding.")
 @click.option("--idle-timeout", default=60.0, show_default=True,
               help="Seconds a connection may stay silent before it is closed.")
 @click.option("--message-timeout", default=DEFAULT_MESSAGE_TIMEOUT, show_default=True,
