@@ -48,7 +48,7 @@ class Status:
         self.current = None  # name of the file being coded
         self.file_since = self.started = time.monotonic()
         self.detail = ""  # e.g. "refine step 12 of 50"
-        self.shown = False  # a status line is on the terminal now
+        self.shown = ""  # the status line on the terminal now, if any
         self.stopped = threading.Event()
         self.thread = None
 
@@ -95,14 +95,19 @@ class Status:
             detail = f": {self.detail}" if self.detail else ""
             parts.append(f"{self.current}{detail}, {duration(now - self.file_since)} on it")
         parts.append(f"{duration(now - self.started)} in all")
+        if 0 < self.done < self.total:  # files so far set the pace: a rough guide, not a promise
+            parts.append(f"about {duration((now - self.started) / self.done * (self.total - self.done))} left")
         return ", ".join(parts)
 
     def _run(self):
         while not self.stopped.wait(self.interval):
             with self.lock:
                 if self.terminal:
-                    self.stream.write("\r\x1b[K" + self.line()[:max(20, _columns() - 1)])
-                    self.shown = True
+                    line = self.line()[:max(20, _columns() - 1)]
+                    if line == self.shown:
+                        continue
+                    self.stream.write("\r\x1b[K" + line)
+                    self.shown = line
                 else:
                     self.stream.write(f"vaecodec: {self.line()}\n")
                 self.stream.flush()
@@ -111,12 +116,12 @@ class Status:
         if self.shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
-            self.shown = False
+            self.shown = ""
 
 
 def _columns() -> int:
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80  # 0 on a pseudo-terminal of unset size
     except (OSError, ValueError):
         return 80
 
