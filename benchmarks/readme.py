@@ -25,6 +25,10 @@ FULL_RESULTS = (  # (file, what it holds, command that regenerates it)
      "python -m benchmarks.ceiling --data ../shared/datasets/train"),
     ("transfer.md", "sending images over loopback: PNG, .vae, and compressing on the way",
      "python -m benchmarks.transfer --data ../shared/datasets/kodak"),
+    ("cli_speed.md", "whole-process times of the vaecodec command beside Pillow's WebP",
+     "python -m benchmarks.cli_speed"),
+    ("fuzz.md", "fuzzing with hostile files and peers",
+     "python -m benchmarks.fuzz --cases 10000 --seed 0 --max-pixels 65536"),
     ("train_speed.md", "training speed: bf16 autocast against fp32",
      "python -m benchmarks.train_speed --data ../shared/datasets/train"),
     ("heldout.md", "a candidate model against the shipped one on held-out training photos",
@@ -65,6 +69,12 @@ def results_block(results: Path = RESULTS) -> str:
     for file_name, description, command in FULL_RESULTS:
         if (results / file_name).exists():
             parts.append(f"* [{file_name}](benchmarks/results/{file_name}): {description} (`{command}`)")
+    known = {file_name for file_name, _, _ in FULL_RESULTS}
+    for path in sorted(results.glob("*.md")):
+        if path.name not in known:  # a new results file is listed under its own title until described above
+            title = next((line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")),
+                         path.stem)
+            parts.append(f"* [{path.name}](benchmarks/results/{path.name}): {title}")
     parts += ["", END]
     return "\n".join(parts)
 
