@@ -9,7 +9,8 @@ machine's load touches every row alike; the table gives the median, minimum and 
 and the load average over the run, since a busy machine slows every row. The peer rows are Pillow's WebP
 encoder and decoder (libwebp, as cwebp and dwebp use it), each a Python process that imports Pillow, codes
 the same image and writes the file; cwebp/dwebp themselves are timed too where they are installed. An empty
-Python process (`python -c pass`) is the floor every Python command pays.
+Python process (`python -c pass`) is the floor every Python command pays, and one that imports torch the floor
+of every command that runs the model.
 
 Writes cli_speed.json and cli_speed.md to --out.
 """
@@ -47,6 +48,7 @@ def commands(image: Path, work: Path) -> dict:
     python = sys.executable
     rows = {
         "python -c pass (floor)": [python, "-c", "pass"],
+        "python -c 'import torch' (floor of the model commands)": [python, "-c", "import torch"],
         "vaecodec --help": vaecodec + ["--help"],
         "vaecodec --version": vaecodec + ["--version"],
         "vaecodec info": vaecodec + ["info", str(work / "image.vae")],

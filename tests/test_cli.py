@@ -38,6 +38,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_progress_lines(monkeypatch):
+    # Without a terminal, a command that runs over 5 s prints a progress line to stderr; on a busy test machine
+    # that would add lines to the one error line these tests count.
+    monkeypatch.setenv("VAECODEC_PROGRESS_SECONDS", "0")
+
+
 @pytest.fixture(scope="module")
 def compressed() -> bytes:
     """A valid .vae file of the 96x64 test crop (the same pixels as the small_png fixture)."""
