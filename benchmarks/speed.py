@@ -27,6 +27,7 @@ measures part 5 alone.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import re
@@ -228,23 +229,23 @@ def folder_job_throughput(image_paths: list, quality: float, rounds: int) -> dic
         for path in image_paths:
             shutil.copyfile(path, sources / path.name)
         runs = {name: {"compress": [], "decompress": []} for name in ways}
-        for round_index in range(rounds):
-            for name, (_, arguments) in ways.items():
+        for round_index, direction in itertools.product(range(rounds), ("compress", "decompress")):
+            for name, (_, arguments) in ways.items():  # the ways take turns, within a minute or two of each other
                 out = scratch / f"round{round_index}-{list(ways).index(name)}"
-                for direction, source, target in (("compress", sources, out / "vae"), ("decompress", out / "vae", out / "png")):
-                    extra = ["-q", str(quality)] if direction == "compress" else []
-                    started = time.perf_counter()
-                    finished = subprocess.run([script, direction, str(source), "-o", str(target), *extra, *arguments],
-                                              capture_output=True, text=True)
-                    wall = time.perf_counter() - started
-                    if finished.returncode != 0:
-                        raise RuntimeError(f"{name} {direction} failed:\n{finished.stderr[-2000:]}")
-                    job_rate = float(re.search(r"([0-9.]+) images/s", finished.stdout).group(1))
-                    files = {path.relative_to(target).as_posix(): path.read_bytes()
-                             for path in sorted(target.rglob("*")) if path.is_file()}
-                    runs[name][direction].append({"job_images_per_s": job_rate,
-                                                  "command_images_per_s": len(image_paths) / wall,
-                                                  "command_s": wall, "files": files})
+                source, target = (sources, out / "vae") if direction == "compress" else (out / "vae", out / "png")
+                extra = ["-q", str(quality)] if direction == "compress" else []
+                started = time.perf_counter()
+                finished = subprocess.run([script, direction, str(source), "-o", str(target), *extra, *arguments],
+                                          capture_output=True, text=True)
+                wall = time.perf_counter() - started
+                if finished.returncode != 0:
+                    raise RuntimeError(f"{name} {direction} failed:\n{finished.stderr[-2000:]}")
+                job_rate = float(re.search(r"([0-9.]+) images/s", finished.stdout).group(1))
+                files = {path.relative_to(target).as_posix(): path.read_bytes()
+                         for path in sorted(target.rglob("*")) if path.is_file()}
+                runs[name][direction].append({"job_images_per_s": job_rate,
+                                              "command_images_per_s": len(image_paths) / wall,
+                                              "command_s": wall, "files": files})
         reference = runs["one process"]
         for name, (layout, _) in ways.items():
             entry = {"processes_x_threads": layout}
