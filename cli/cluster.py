@@ -102,8 +102,12 @@ def list_sources(source: Location, suffixes) -> list:
         if not root.exists():
             raise UsageError(f"{source.text}: no such file or directory")
         paths = [root] if root.is_file() else list(walk(root, suffixes))
-        return [Item(Location(str(path), None, str(path)), root.name if path == root else path.relative_to(root).as_posix(),
-                     bytes_in=path.stat().st_size) for path in paths]
+        items = []
+        for path in paths:  # read by absolute path, reported as the user named it
+            relative = root.name if path == root else path.relative_to(root).as_posix()
+            shown = source.text if path == root else str(Path(source.text) / relative)
+            items.append(Item(Location(shown, None, str(path)), relative, bytes_in=path.stat().st_size))
+        return items
     import pyarrow.fs
 
     info = source.filesystem.get_file_info(source.path)
