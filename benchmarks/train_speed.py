@@ -8,7 +8,9 @@ training photos in a temporary run folder, runs a few warm-up steps, then times 
 (crop batch, forward, rate-distortion loss, backward, both optimizers: everything a run does per step except
 validation and checkpoints). All configurations are measured in one run, so their ratios hold even on a busy
 machine; the absolute figures do not.
-2. Does bf16 train as well? From the shipped weights, ``--train-steps`` steps of the shipped recipe are run in
+2. Where the time goes: torch.profiler over a few steps of the run's configuration (n128/m192, bf16), the
+   operators with the most self CPU time and their share.
+3. Does bf16 train as well? From the shipped weights, ``--train-steps`` steps of the shipped recipe are run in
    fp32 and in bf16 on the same crops (same seed), and in fp32 again with another seed to show the run-to-run
    noise; each is then validated in fp32 on held-out training photos (never Kodak): per-level bpp, PSNR and
    the mean rate-distortion objective.
@@ -65,6 +67,32 @@ def time_configuration(files, channels, latent_channels, patch, batch, precision
             "pixels_per_second": round(batch * patch * patch / seconds)}
 
 
+def profile_step(files, steps: int, threads: int) -> list:
+    """The operators with the most self CPU time over ``steps`` bf16 steps of n128/m192, with their share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vaecodec.model import ModelConfig
+    from vaecodec.train.loop import RunConfig, Trainer
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = RunConfig(data=[], model=ModelConfig(128, 192).to_dict(), patch=256, batch=4, precision="bf16",
+                           threads=threads, validation_images=0, log_every=10**9, pool_steps=10**9,
+                           crops_per_image=2)
+        trainer = Trainer(run_dir, config, files=files)
+        try:
+            for _ in range(2):
+                trainer.train_step()
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                for _ in range(steps):
+                    trainer.train_step()
+        finally:
+            trainer.pool.close()
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"operator": e.key, "share_percent": round(100 * e.self_cpu_time_total / total, 1),
+             "calls_per_step": round(e.count / steps, 1)} for e in events[:12]]
+
+
 def train_and_validate(files, init_weights, precision, seed, steps, learning_rate, threads) -> dict:
     """Fine-tune the shipped model for ``steps`` steps, then validate it in fp32 on the held-out photos."""
     from vaecodec.train.export import model_from_weights
@@ -116,12 +144,13 @@ def main(data, steps, threads, images, train_steps, out):
     reference = rows[0]["pixels_per_second"]
     for row in rows:
         row["pixel_throughput_vs_reference"] = round(row["pixels_per_second"] / reference, 2)
+    operators = profile_step(files, 4, threads)
     checks = []
     for precision, seed in (("fp32", 0), ("bf16", 0), ("fp32", 1)):
         checks.append(train_and_validate(all_files, "default", precision, seed, train_steps, 1e-4, threads))
         click.echo(f"{precision} seed {seed}: objective {checks[-1]['objective']}", err=True)
     report = {"date": datetime.date.today().isoformat(), "machine": machine_info(), "threads": threads,
-              "torch": torch.__version__, "timed_steps": steps, "rows": rows,
+              "torch": torch.__version__, "timed_steps": steps, "rows": rows, "profile": operators,
               "training_check": {"init": "default", "steps": train_steps, "learning_rate": 1e-4,
                                  "patch": 256, "batch": 4, "runs": checks}}
     out_path = Path(out)
@@ -140,7 +169,11 @@ def main(data, steps, threads, images, train_steps, out):
         lines.append(f"| {row['configuration']} | {row['threads']} | {row['patch']}×{row['batch']} | {row['seconds_per_step']} | "
                      f"{row['steps_per_second']} | {row['pixels_per_second']:,} | "
                      f"{row['pixel_throughput_vs_reference']} |")
-    lines += ["", f"## Does bf16 train as well?", "",
+    lines += ["", "## Where the time goes", "",
+              "Self CPU time of the busiest operators over 4 steps of n128/m192 in bf16 (torch.profiler):", "",
+              "| operator | share | calls per step |", "|---|---:|---:|"]
+    lines += [f"| {o['operator']} | {o['share_percent']}% | {o['calls_per_step']} |" for o in operators]
+    lines += ["", "## Does bf16 train as well?", "",
               f"{train_steps} steps from the shipped weights (lr 1e-4, patch 256 × 4), then validation in fp32 "
               f"on 16 held-out training photos (never Kodak). The second fp32 run (seed 1, other crops) shows "
               f"the run-to-run noise. Objective: mean over levels of λ·255²·MSE + bpp (lower is better).", "",
