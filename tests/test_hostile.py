@@ -185,6 +185,32 @@ def test_the_payload_must_be_exactly_what_the_decoder_reads(codec, valid):
             codec.decompress(container.pack(header, bad))
 
 
+@pytest.mark.parametrize("fill", ["lowest", "highest", "random"])
+def test_the_payload_checks_never_refuse_what_the_encoder_writes(codec, fill):
+    # Escapes only: the costliest symbols, each a table's rarest entry plus 16 raw bits, test the early length
+    # check's bound; all at the lowest value, the stream ends in zero words, which the exactness check must allow.
+    image = Image.open(KODAK / "kodim03.png").convert("RGB").crop((100, 100, 164, 164))
+    latents = codec.encode_latents(image, 1.0)
+    rng = np.random.default_rng(0)
+    for symbols in (latents.z_symbols, latents.y_symbols):
+        symbols[:] = {"lowest": -32768, "highest": 32767}.get(fill) or rng.integers(-32768, 32768, symbols.shape)
+    assert codec.bytes_to_latents(codec.latents_to_bytes(latents)) == latents
+
+
+def test_a_stream_sealed_with_two_words_decodes_and_takes_no_cut(codec):
+    # The encoder ends some streams with an explicit zero word (found by search: this crop, quality 3), which
+    # the decoder reads exactly to the end. (Without that word, the implied zero word reads the same: the one
+    # second encoding left, see entropy/coder.decode_exactly.)
+    image = Image.open(KODAK / "kodim05.png").convert("RGB").crop((48, 0, 72, 16))
+    data = codec.compress(image, 3.0)
+    header, payload = container.unpack(data)
+    assert payload.endswith(bytes(4))
+    assert codec.decompress(data).size == (24, 16)
+    for cut in (payload[:-8], payload[:-12]):
+        with pytest.raises(InvalidFile, match="payload"):
+            codec.decompress(container.pack(header, cut))
+
+
 def test_decompress_pixel_limit_option(codec, tmp_path, valid):
     (tmp_path / "big.vae").write_bytes(forge(codec, width=varint(8192), height=varint(8000), payload=bytes(8)))
     line = one_error_line(run("decompress", tmp_path / "big.vae"), InvalidFile.exit_code)

@@ -223,9 +223,7 @@ class Codec:
         z_shape, y_shape = self.latent_shapes(header.width, header.height)
 
         def decode(decoder):
-            z_table_index = self._z_table_index(z_shape)
-            z_symbols = decode_symbols(decoder, z_table_index, self.z_tables)
-            decoder.require(self.z_tables.estimated_bits(z_symbols, z_table_index))  # a short payload stops here
+            z_symbols = decode_symbols(decoder, self._z_table_index(z_shape), self.z_tables)
             return z_symbols, decode_symbols(decoder, self._scale_index(z_symbols, header.quality_index), self.y_tables)
 
         try:

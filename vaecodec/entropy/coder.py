@@ -16,6 +16,7 @@ from ..errors import InvalidFile
 from .tables import PRECISION, table_sizes
 
 SYMBOL_MIN, SYMBOL_MAX = -32768, 32767  # escaped values are coded as 16-bit numbers
+CHECK_EVERY = 1 << 16  # symbols decoded between checks of a payload's length (see PayloadDecoder.spend)
 _RAW_MODEL = constriction.stream.model.Uniform(1 << 16)
 
 
@@ -33,6 +34,10 @@ class TableSet:
         ]
         # -log2 probability of every entry, for rate estimates without coding
         self.bits = [-np.log2(row[:size] / float(1 << PRECISION)) for row, size in zip(frequencies, self.size)]
+        # The fewest bits the coder can spend on an entry. perfect=False quantizes (fast_quantized_cdf) to at most
+        # frequency + 2 of the 2^PRECISION slots; one more covers the rounding of its float cumulative sums.
+        self.min_bits = [np.maximum(0.0, -np.log2((row[:size] + 3) / float(1 << PRECISION)))
+                         for row, size in zip(frequencies, self.size)]
 
     def __len__(self) -> int:
         return len(self.models)
@@ -76,17 +81,28 @@ def encode_symbols(encoder, symbols: np.ndarray, table_index: np.ndarray, tables
 
 
 def decode_symbols(decoder, table_index: np.ndarray, tables: TableSet) -> np.ndarray:
-    """Inverse of ``encode_symbols``: returns int64 symbols shaped like table_index."""
+    """Inverse of ``encode_symbols``: returns int64 symbols shaped like table_index.
+
+    Through a PayloadDecoder, the information decoded so far is checked against the payload every
+    ``CHECK_EVERY`` symbols, so a short payload announcing a large image costs about its own size to refuse.
+    """
     shape, table_index = table_index.shape, table_index.ravel().astype(np.int64)
     order, groups = _grouping(table_index, len(tables))
+    spend = getattr(decoder, "spend", None)
     entries = np.empty(table_index.size, dtype=np.int64)
     for table, start, end in groups:
-        entries[start:end] = decoder.decode(tables.models[table], int(end - start))
+        for begin in range(start, end, CHECK_EVERY):  # smaller calls, the same symbols from the same stream
+            stop = min(end, begin + CHECK_EVERY)
+            entries[begin:stop] = decoder.decode(tables.models[table], int(stop - begin))
+            if spend is not None:
+                spend(float(tables.min_bits[table][entries[begin:stop]].sum()))
     sorted_tables = table_index[order]
     escaped = entries == tables.escape[sorted_tables]
     values = entries + tables.low[sorted_tables]
     escape_count = int(escaped.sum())
     if escape_count:
+        if spend is not None:
+            spend(16.0 * escape_count)
         values[escaped] = decoder.decode(_RAW_MODEL, escape_count).astype(np.int64) + SYMBOL_MIN
     symbols = np.empty_like(values)
     symbols[order] = values
@@ -95,22 +111,25 @@ def decode_symbols(decoder, table_index: np.ndarray, tables: TableSet) -> np.nda
 
 class PayloadDecoder:
     """A constriction RangeDecoder over a payload that remembers its ``decode`` calls (to replay them, see
-    ``decode_exactly``) and can tell early that the payload is too short for what was decoded so far."""
+    ``decode_exactly``) and tells early that the payload is too short for what was decoded so far (``spend``)."""
 
     def __init__(self, words: np.ndarray, what: str):
-        self.words, self.what, self.calls = len(words), what, []
+        self.readable = len(words)  # a valid stream reads no more than these words
+        self.what, self.calls = what, []
+        self.spent = 0.0  # bits of information decoded so far
         self.decoder = constriction.stream.queue.RangeDecoder(words)
 
     def decode(self, model, count: int):
         self.calls.append((model, count))
         return self.decoder.decode(model, count)
 
-    def require(self, bits: float):
-        """Raise InvalidFile if symbols of ``bits`` information (``TableSet.estimated_bits``) cannot come from this
-        payload. After symbols of information I the range, which stays in [2^32, 2^64), has shrunk by at least
-        2^-I and been widened by 2^32 per word read, so the decoder has read at least 2 + (I - 32) / 32 words;
-        one word of margin covers rounding in I."""
-        if bits > 32 * self.words:
+    def spend(self, bits: float):
+        """Count decoded symbols that cost the coder at least ``bits`` (``TableSet.min_bits``); raise InvalidFile
+        once the payload cannot hold all that. After symbols of information I the range, which stays in
+        [2^32, 2^64), has shrunk by at least 2^-I and been widened by 2^32 per word read, so the decoder has read
+        at least 2 + (I - 32) / 32 words; one word of margin covers rounding in I."""
+        self.spent += bits
+        if self.spent > 32 * self.readable:
             raise InvalidFile(f"{self.what} ends before its last symbol")
 
 
@@ -119,25 +138,30 @@ def decode_exactly(payload: bytes, decode, what: str = ".vae payload"):
     payload is exactly the words the decoding consumed; raises InvalidFile otherwise.
 
     The decoder reads two words at the start and one at each renormalization, and shifts in zeros past the end
-    of its data, so an empty or short payload would silently decode to garbage. The encoder's seal leaves out a
-    final zero word unless its last word is zero: a payload it wrote is read to exactly one word past its end
-    when its last word is not zero, and exactly to its end when it is. ``maybe_exhausted()`` is true when every
-    word was read (and the state is one a sealed stream ends in), so: decode over the payload plus that one
-    implied zero word, which must be used up, then replay the same calls with a further zero word, which must
-    be left unread. (Appending a zero word to a payload that implies one thus gives a second payload of the
-    same symbols: the state that tells which of the two the encoder wrote is not visible from Python.)
+    of its data, so an empty or short payload would silently decode to garbage. The encoder seals its stream
+    with one word, which the decoder reads followed by one implied zero word, or, when one would not identify
+    the final range, with two, the second an explicit zero, which the decoder reads exactly to the end.
+    ``maybe_exhausted()`` is true when every word was read (and the state is one a sealed stream ends in), so
+    the calls are decoded over the payload and the implied zero word, then replayed to tell which case this is:
+    over two zero words after the payload, of which the second must stay unread; or over the payload alone,
+    which must be used up and end in a zero word. (Appending a zero word to a one-word seal thus gives a second
+    payload of the same symbols: the state that tells the two apart is not visible from Python.)
     """
     if not payload or len(payload) % 4:
         raise InvalidFile(f"{what} has a malformed length ({len(payload)} bytes)")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    words = np.concatenate([words, np.zeros(1 if words[-1] else 0, dtype=np.uint32)])
-    decoder = PayloadDecoder(words, what)
+    zero = np.zeros(1, dtype=np.uint32)
+    decoder = PayloadDecoder(np.concatenate([words, zero]), what)
     result = decode(decoder)
-    if not decoder.decoder.maybe_exhausted():
-        raise InvalidFile(f"{what} has data after its last symbol")
-    replay = constriction.stream.queue.RangeDecoder(np.concatenate([words, np.zeros(1, dtype=np.uint32)]))
+    implied_word_read = decoder.decoder.maybe_exhausted()
+    if not implied_word_read and words[-1] != 0:
+        raise InvalidFile(f"{what} does not end with its last symbol")
+    replay = constriction.stream.queue.RangeDecoder(np.concatenate([words, zero, zero]) if implied_word_read
+                                                     else words)
     for model, count in decoder.calls:
         replay.decode(model, count)
-    if replay.maybe_exhausted():
+    if implied_word_read and replay.maybe_exhausted():
         raise InvalidFile(f"{what} ends before its last symbol")
+    if not implied_word_read and not replay.maybe_exhausted():
+        raise InvalidFile(f"{what} does not end with its last symbol")
     return result
