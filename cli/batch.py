@@ -132,10 +132,11 @@ class Tally:
     """Prints a line per file and the summary, and gives the exit code (see ``exit_code_for``).
 
     Lines go through ``status`` (progress.Status), so they never mix with its progress line; ``quiet`` prints
-    only errors; ``to_stderr`` sends the per-file lines to stderr (when the coded data goes to stdout)."""
+    only errors; ``to_stderr`` sends the per-file lines to stderr (when the coded data goes to stdout);
+    ``verbose`` also names each file skipped because its output exists (otherwise only counted)."""
 
-    def __init__(self, status, quiet: bool = False, to_stderr: bool = False):
-        self.status, self.quiet, self.to_stderr = status, quiet, to_stderr
+    def __init__(self, status, quiet: bool = False, to_stderr: bool = False, verbose: bool = False):
+        self.status, self.quiet, self.to_stderr, self.verbose = status, quiet, to_stderr, verbose
         self.started = time.perf_counter()
         self.images = self.skips = self.bytes_in = self.bytes_out = 0
         self.bpp_sum = 0.0
@@ -158,7 +159,7 @@ class Tally:
     def skipped(self, job: Job) -> None:
         self.skips += 1
         self.status.file_done()
-        if not self.quiet:
+        if self.verbose and not self.quiet:
             self.status.echo(f"{job.source} -> {job.target}: exists, skipped", err=self.to_stderr)
 
     def failed(self, job: Job, error: VaecodecError) -> None:
@@ -170,7 +171,9 @@ class Tally:
         seconds = time.perf_counter() - self.started
         mean_bpp = self.bpp_sum / self.images if self.images else 0.0
         failed = f", {len(self.failed_classes)} failed" if self.failed_classes else ""
-        skipped = f", {self.skips} skipped (exist)" if self.skips else ""
+        skipped = f", {self.skips} skipped (outputs exist)" if self.skips else ""
+        if not self.images:
+            return f"no images coded{skipped}{failed}"
         return (f"{self.images} images{skipped}{failed}: {self.bytes_in} bytes in, {self.bytes_out} bytes out, "
                 f"mean {mean_bpp:.3f} bpp, {self.images / seconds:.2f} images/s, {seconds:.2f} s")
 

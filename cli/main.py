@@ -275,6 +275,8 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
     count = count_jobs(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX))
     if not count:
         raise UsageError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
+    if skip_existing and not force and nothing_to_do(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX), quiet):
+        context.exit(0)
     jobs = plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX)
     codec = load_codec(model, device, verbose)
 
@@ -382,6 +384,8 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
     count = count_jobs(plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside))
     if not count:
         raise UsageError(f"no {COMPRESSED_SUFFIX} files found in {', '.join(map(str, inputs))}")
+    if skip_existing and not force and nothing_to_do(plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside), quiet):
+        context.exit(0)
     jobs = plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside)
     codec = load_codec(model, device, verbose)
 
@@ -428,6 +432,18 @@ class Skipped(VaecodecError):
     """Not a failure: the output exists and --skip-existing asks to leave it."""
 
     exit_code = 0
+
+
+def nothing_to_do(jobs, quiet: bool) -> bool:
+    """True (and says so) when every output of a --skip-existing job exists: no model needs loading."""
+    count = 0
+    for job in jobs:
+        if job.problem or job.target == STANDARD_STREAM or not job.target.exists():
+            return False
+        count += 1
+    if not quiet:
+        click.echo(f"no images coded, {count} skipped (outputs exist)")
+    return True
 
 
 def skip_or_refuse(job: Job, force: bool, skip_existing: bool) -> None:
@@ -477,7 +493,7 @@ def finish(codec, status: Status, outcomes, save, quiet: bool, verbose: bool, ou
     (-o -); ``status`` shows progress on stderr meanwhile."""
     to_stderr = output == STANDARD_STREAM
     codec.on_progress = status.step
-    tally = Tally(status, quiet=quiet, to_stderr=to_stderr)
+    tally = Tally(status, quiet=quiet, to_stderr=to_stderr, verbose=verbose)
     try:
         for job, outcome in outcomes:
             if isinstance(outcome, Skipped):

@@ -147,6 +147,8 @@ def test_skip_existing_resumes_a_folder_job(small_png, tmp_path):
     assert files_in(tmp_path / "out") == {"a.vae", "sub/b.vae", "sub/c.vae"}
     assert (tmp_path / "out" / "a.vae").stat().st_mtime_ns == before
     assert run("compress", tree, "-o", tmp_path / "out").exit_code == UsageError.exit_code  # without: refused
+    result = run("compress", tree, "-o", tmp_path / "out", "--skip-existing", "--model", "no-such-model")
+    assert result.exit_code == 0 and result.stdout == "no images coded, 3 skipped (outputs exist)\n"  # no model
 
     result = run("decompress", tmp_path / "out", "--skip-existing")
     assert result.exit_code == 0 and "3 images" in result.stdout
