@@ -48,15 +48,15 @@ def prepare_ahead(prepare: Callable, jobs: Iterable[Job], workers: int) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start_workers(context, codec, workers, batch_size, count: int, model: str):
+def start_workers(context, codec, workers, batch_size, count: int, model: str, by_default: bool = True):
     """A ``vaecodec.parallel.CodecPool`` sharing ``codec`` for a job of ``count`` files, or None when the job
     runs in this process: --workers if given, else one process when --batch-size is given (batches are a
-    one-process affair), else ``default_workers`` for the device; never more workers than files. The pool
-    is stopped when the command ends, whichever way it ends."""
+    one-process affair) or ``by_default`` is false, else ``default_workers`` for the device; never more
+    workers than files. The pool is stopped when the command ends, whichever way it ends."""
     from vaecodec.parallel import CodecPool, default_workers
 
     if workers is None:
-        workers = 1 if batch_size else default_workers(codec.device.type)
+        workers = default_workers(codec.device.type) if by_default and not batch_size else 1
     if min(workers, count) <= 1:
         return None
     pool = CodecPool(min(workers, count), model=model, device=codec.device.type, codec=codec)

@@ -1,8 +1,8 @@
 """Coding on worker processes, each with its own model and its share of the cores.
 
-On a CPU one image's transforms do not keep several cores busy (serial layers, entropy coding and image
-files on one core), so two processes of one thread each code more images per second than one process of
-two threads (benchmarks/results/folder_jobs.md). ``CodecPool`` runs ``function(codec, item)`` for each item
+On a CPU one process spends part of each image on one core (reading and writing image files, entropy
+coding, layers that do not spread over threads); processes of one thread each overlap those parts
+(benchmarks/results/folder_jobs.md measures both layouts against each other). ``CodecPool`` runs ``function(codec, item)`` for each item
 in the workers and yields the results in input order; a ``VaecodecError`` raised for one item is yielded in
 its place, so one bad file costs only itself.
 
@@ -43,9 +43,8 @@ def cpu_count() -> int:
 
 
 def default_workers(device: str = "auto") -> int:
-    """Worker processes a folder job uses unless told: one per core on a CPU, at most MAX_DEFAULT_WORKERS
-    (measured faster than one process on all cores: benchmarks/results/folder_jobs.md); one on a GPU,
-    which a single process keeps busy with batches."""
+    """Worker processes a pool (and ``vaecodec compress`` of several files) uses unless told: one per core
+    on a CPU, at most MAX_DEFAULT_WORKERS; one on a GPU, which a single process keeps busy with batches."""
     if resolve_device(str(device)).type == "cuda":
         return 1
     return max(1, min(cpu_count(), MAX_DEFAULT_WORKERS))
