@@ -38,9 +38,9 @@ CONFIGURATIONS = [
     ("shipped n64/m128, bf16", 64, 128, 256, 4, "bf16", False),
     ("n128/m192, fp32", 128, 192, 256, 4, "fp32", False),
     ("n128/m192, bf16", 128, 192, 256, 4, "bf16", False),
-    ("n128/m192, bf16, torch.compile", 128, 192, 256, 4, "bf16", True),
     ("n128/m192, bf16, 1 thread", 128, 192, 256, 4, "bf16", False),
 ]
+COMPILED = ("n128/m192, bf16, torch.compile", 128, 192, 256, 4, "bf16", True)  # --with-compile: slow to build
 
 
 def time_configuration(files, channels, latent_channels, patch, batch, precision, compiled, steps, threads) -> dict:
@@ -126,14 +126,16 @@ def train_and_validate(files, init_weights, precision, seed, steps, learning_rat
 @click.option("--threads", default=2, help="Torch threads.")
 @click.option("--images", default=16, help="Photos the crop pool is built from.")
 @click.option("--train-steps", default=200, help="Fine-tuning steps per precision in the training check.")
+@click.option("--with-compile", is_flag=True, help="Also time torch.compile (its compilation takes minutes).")
 @click.option("--out", default="benchmarks/results", type=click.Path(file_okay=False))
-def main(data, steps, threads, images, train_steps, out):
+def main(data, steps, threads, images, train_steps, with_compile, out):
     from vaecodec.train.data import list_images
 
     all_files = list_images([data])
     files = all_files[:images]
     rows = []
-    for label, channels, latent_channels, patch, batch, precision, compiled in CONFIGURATIONS:
+    for label, channels, latent_channels, patch, batch, precision, compiled in (
+            CONFIGURATIONS + [COMPILED] * with_compile):
         row_threads = 1 if label.endswith("1 thread") else threads
         result = time_configuration(files, channels, latent_channels, patch, batch, precision, compiled, steps,
                                     row_threads)
