@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -140,12 +139,10 @@ def test_quick_rd_run_writes_every_result(tmp_path):
     pytest.importorskip("matplotlib")
     if not KODAK.is_dir():
         pytest.skip(f"{KODAK} not present")
-    started = time.perf_counter()
     command = [sys.executable, "-m", "benchmarks.rd", "--data", str(KODAK), "--quick", "--workers", "2",
                "--codecs", "jpeg-420,vaecodec", "--out", str(tmp_path)]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
-    assert time.perf_counter() - started < 60
 
     summary = json.loads((tmp_path / "rd_summary.json").read_text())
     assert summary["quick"] and summary["images"] == 2
