@@ -115,13 +115,15 @@ class PayloadDecoder:
 
     def __init__(self, words: np.ndarray, what: str):
         self.readable = len(words)  # a valid stream reads no more than these words
-        self.what, self.calls = what, []
+        self.what, self.calls, self.decoded = what, [], []
         self.spent = 0.0  # bits of information decoded so far
         self.decoder = constriction.stream.queue.RangeDecoder(words)
 
     def decode(self, model, count: int):
         self.calls.append((model, count))
-        return self.decoder.decode(model, count)
+        entries = self.decoder.decode(model, count)
+        self.decoded.append((model, entries))
+        return entries
 
     def spend(self, bits: float):
         """Count decoded symbols that cost the coder at least ``bits`` (``TableSet.min_bits``); raise InvalidFile
@@ -144,8 +146,10 @@ def decode_exactly(payload: bytes, decode, what: str = ".vae payload"):
     ``maybe_exhausted()`` is true when every word was read (and the state is one a sealed stream ends in), so
     the calls are decoded over the payload and the implied zero word, then replayed to tell which case this is:
     over two zero words after the payload, of which the second must stay unread; or over the payload alone,
-    which must be used up and end in a zero word. (Appending a zero word to a one-word seal thus gives a second
-    payload of the same symbols: the state that tells the two apart is not visible from Python.)
+    which must be used up and end in a zero word. Appending a zero word to a one-word seal would still pass
+    those checks (the state that tells the two apart is not visible from Python), so last the decoded symbols
+    are encoded again: the payload must be exactly the bytes the encoder writes for them, one encoding per
+    file. That costs one encoding pass, a small part of the entropy-decoding time.
     """
     if not payload or len(payload) % 4:
         raise InvalidFile(f"{what} has a malformed length ({len(payload)} bytes)")
@@ -164,4 +168,9 @@ def decode_exactly(payload: bytes, decode, what: str = ".vae payload"):
         raise InvalidFile(f"{what} ends before its last symbol")
     if not implied_word_read and not replay.maybe_exhausted():
         raise InvalidFile(f"{what} does not end with its last symbol")
+    encoder = constriction.stream.queue.RangeEncoder()
+    for model, entries in decoder.decoded:
+        encoder.encode(entries.astype(np.int32), model)
+    if not np.array_equal(encoder.get_compressed(), words):
+        raise InvalidFile(f"{what} is not the encoding of its symbols (bytes added or changed after them)")
     return result
