@@ -25,6 +25,8 @@ FULL_RESULTS = (  # (file, what it holds, command that regenerates it)
      "python -m benchmarks.ceiling --data ../shared/datasets/train"),
     ("transfer.md", "sending images over loopback: PNG, .vae, and compressing on the way",
      "python -m benchmarks.transfer --data ../shared/datasets/kodak"),
+    ("folder_jobs.md", "folder jobs: one process, worker processes and Ray against each other",
+     "python -m benchmarks.speed --data ../shared/datasets/kodak --only-folder-jobs"),
     ("cli_speed.md", "whole-process times of the vaecodec command beside Pillow's WebP",
      "python -m benchmarks.cli_speed"),
     ("fuzz.md", "fuzzing with hostile files and peers",
