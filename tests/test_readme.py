@@ -1,0 +1,138 @@
+"""The README works when pasted: its Python blocks run, its vaecodec commands parse (the quick ones run), and
+its results summary is what ``python -m benchmarks.readme`` writes from benchmarks/results/.
+
+Everything runs in a temporary folder holding small crops of Kodak images under the names the README uses
+(photo.png, photos/), beside a link to ../shared as in a checkout.
+"""
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from benchmarks import readme as readme_generator
+from vaecodec_cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+SHARED = ROOT.parent / "shared"
+KODAK = SHARED / "datasets" / "kodak"
+# Commands of the README that run here in a moment; the others (training, export, network, a cluster with
+# --ray, and --refine, slow by design) are only parsed.
+RUN_HERE = {"compress", "decompress", "info", "inspect"}
+
+
+NOT_RUN = re.compile(r"<!-- not run here: (.+?) -->\n\n?$")  # written just above a block that needs what
+                                                              # tests lack (a cluster, cloud storage)
+
+
+def code_blocks(*languages) -> list:
+    """(language, text, why it is not run or None) of every fenced block in one of ``languages``, in order."""
+    blocks = []
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL):
+        if match.group(1) in languages:
+            not_run = NOT_RUN.search(README, 0, match.start())
+            blocks.append((match.group(1), match.group(2), not_run.group(1) if not_run else None))
+    return blocks
+
+
+def vaecodec_commands() -> list:
+    """Argument lists of the vaecodec command lines in the README's shell blocks (continuations joined, cut at
+    a pipe or another command)."""
+    commands = []
+    for _, text, _ in code_blocks("sh", "bash", "shell", "console"):
+        for line in text.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            for end, word in enumerate(words):
+                if word in ("|", "&&", ";", "||", ">"):
+                    words = words[:end]
+                    break
+            if words[:1] == ["vaecodec"]:
+                commands.append(words[1:])
+    return commands
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    """tmp_path/checkout with photo.png, photos/ (a subfolder too), and ../shared; the working directory."""
+    checkout = tmp_path / "checkout"
+    (checkout / "photos" / "holiday").mkdir(parents=True)
+    (tmp_path / "shared").symlink_to(SHARED)
+    # 64x48 crops of ordinary detail (quality 8 reaches 35-43 dB on them, as on whole photos)
+    crops = {"photo.png": (23, 300, 100), "photos/a.png": (3, 200, 200), "photos/b.png": (7, 300, 200),
+             "photos/holiday/c.png": (12, 200, 200)}
+    for name, (index, left, top) in crops.items():
+        image = Image.open(KODAK / f"kodim{index:02d}.png").convert("RGB")
+        image.crop((left, top, left + 64, top + 48)).save(checkout / name)
+    monkeypatch.chdir(checkout)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny images; the machine's other cores stay free
+    yield checkout
+    torch.set_num_threads(threads)
+
+
+PYTHON_BLOCKS = [(text, not_run) for _, text, not_run in code_blocks("python")]
+
+
+@pytest.mark.parametrize("block, not_run", PYTHON_BLOCKS, ids=[f"python-{i}" for i in range(len(PYTHON_BLOCKS))])
+def test_python_block_runs_as_pasted(block, not_run, workspace):
+    if not_run:
+        compile(block, "README.md", "exec")  # it must at least be valid Python
+        pytest.skip(f"the README says it needs {not_run}")
+    exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+def test_every_vaecodec_command_parses_and_the_quick_ones_run(workspace, tmp_path, monkeypatch):
+    commands = vaecodec_commands()
+    assert {words[0] for words in commands} >= {"compress", "decompress", "info", "send", "receive", "train",
+                                                "export", "inspect"}
+    for words in commands:
+        if words[0] == "export":
+            (workspace / words[1]).mkdir(parents=True, exist_ok=True)  # the run folder it reads must exist
+        if words[0].startswith("-") or "--help" in words:  # vaecodec --version, vaecodec compress --help
+            assert CliRunner().invoke(cli, words).exit_code == 0, shlex.join(words)
+            continue
+        command = cli.get_command(click.Context(cli), words[0])
+        assert command is not None, f"README names an unknown command: vaecodec {shlex.join(words)}"
+        with command.make_context(f"vaecodec {words[0]}", list(words[1:])):
+            pass  # parsing checks every option, choice and type
+
+    # Each quick command runs as a user would try it, in its own copy of the folder: compress beside the
+    # images alone, the others also beside photo.vae and compressed/, made by the README's first commands.
+    prepared = tmp_path / "prepared" / "checkout"
+    shutil.copytree(workspace, prepared, symlinks=True)
+    monkeypatch.chdir(prepared)
+    for words in (["compress", "photo.png"], ["compress", "photos/", "-o", "compressed/"]):
+        assert CliRunner().invoke(cli, words).exit_code == 0
+    quick = [w for w in commands if w[0] in RUN_HERE and not {"--refine", "--ray"} & set(w)]
+    for number, words in enumerate(quick):
+        copy = tmp_path / f"try-{number}" / "checkout"
+        shutil.copytree(workspace if words[0] == "compress" else prepared, copy, symlinks=True)
+        monkeypatch.chdir(copy)
+        result = CliRunner().invoke(cli, words)
+        assert result.exit_code == 0, f"vaecodec {shlex.join(words)}: {result.output}"
+
+
+def test_every_command_has_examples_in_its_help():
+    context = click.Context(cli)
+    for name in cli.list_commands(context):
+        help_text = cli.get_command(context, name).get_help(click.Context(cli.get_command(context, name)))
+        assert "Example" in help_text and f"vaecodec {name}" in help_text, name
+
+
+def test_results_summary_is_what_the_generator_writes():
+    assert readme_generator.updated(README, ROOT / "benchmarks" / "results") == README
+    assert README.count("Versions") <= 1 and README.count("Measured with ") == 1
+
+
+def test_headings_step_down_one_level_at_a_time():
+    text = re.sub(r"^```.*?^```", "", README, flags=re.MULTILINE | re.DOTALL)
+    levels = [len(match) for match in re.findall(r"^(#+) ", text, flags=re.MULTILINE)]
+    assert levels[0] == 1 and levels.count(1) == 1
+    assert all(later <= earlier + 1 for earlier, later in zip(levels, levels[1:]))
