@@ -36,6 +36,7 @@ from benchmarks.rd import machine_info
 CONFIGURATIONS = [
     ("shipped n64/m128, fp32", 64, 128, 256, 4, "fp32", False),
     ("shipped n64/m128, bf16", 64, 128, 256, 4, "bf16", False),
+    ("shipped n64/m128, bf16, batch 8", 64, 128, 256, 8, "bf16", False),
     ("n128/m192, fp32", 128, 192, 256, 4, "fp32", False),
     ("n128/m192, bf16", 128, 192, 256, 4, "bf16", False),
     ("n128/m192, bf16, 1 thread", 128, 192, 256, 4, "bf16", False),
