@@ -8,9 +8,8 @@ IMAGE ?= ../shared/datasets/kodak/kodim23.png
 
 # The long training run: a folder outside the checkout, resumed by the same command after any interruption
 # (or started from the shipped weights where the folder is gone), in the background at low priority.
-RUN ?= ../runs/wide
-TRAIN_OPTIONS ?= --init default --channels 128 --latent-channels 192 --patch 256 --batch 4 --lr 1e-4 \
-	--steps 1000000 --decay-at 1
+RUN ?= ../runs/n64
+TRAIN_OPTIONS ?= --init default --patch 256 --batch 8 --lr 5e-5 --steps 1000000 --decay-at 1
 
 .PHONY: install test demo bench clean train train-stop
 

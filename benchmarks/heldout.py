@@ -1,6 +1,6 @@
 """Should new weights ship? Real files on the held-out training photos, candidate against the shipped model.
 
-    python -m benchmarks.heldout --data ../shared/datasets/train --candidate runs/wide.pt [--reference default]
+    python -m benchmarks.heldout --data ../shared/datasets/train --candidate runs/candidate.pt [--reference default]
                                  [--long-side 512] [--out benchmarks/results]
 
 The 16 photos that ``vaecodec train`` holds out of the training folders (never trained on, never Kodak) are
