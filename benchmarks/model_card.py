@@ -85,11 +85,13 @@ def learning_curve(rounds_trained: list) -> list:
 
 
 def _thinned(points: list, rows: int) -> list:
+    """At most ``rows`` evenly spaced validations of each round, always ending with its last one."""
     shown = []
     for number in sorted({p["round"] for p in points}):
         of_round = [p for p in points if p["round"] == number]
         stride = max(1, -(-len(of_round) // rows))
-        shown += of_round[::stride][:rows - 1] + [of_round[-1]] if len(of_round) > 1 else of_round
+        kept = range(0, len(of_round) - 1, stride)[:rows - 1]  # the last one is added below, once
+        shown += [of_round[i] for i in kept] + [of_round[-1]]
     return shown
 
 

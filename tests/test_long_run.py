@@ -58,3 +58,12 @@ def test_training_hours_leave_out_the_stops_and_the_curve_splits_cpu_from_gpu_ho
     curve = learning_curve(rounds)
     assert [(p["round"], round(p["cpu_hours"], 3), round(p["gpu_hours"], 3)) for p in curve] == [
         (1, 0.028, 0), (1, 0.1, 0), (2, 0.1, 0.028), (2, 0.1, 0.1)]
+
+
+def test_the_card_shows_a_few_evenly_spaced_validations_per_round_ending_with_the_last_once():
+    from benchmarks.model_card import _thinned
+
+    for count in (1, 2, 9, 100):
+        points = [{"round": 1, "step": step} for step in range(count)]
+        steps = [p["step"] for p in _thinned(points, 8)]
+        assert len(steps) == len(set(steps)) <= 8 and steps[0] == 0 and steps[-1] == count - 1
