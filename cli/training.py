@@ -21,6 +21,8 @@ from vaecodec.errors import UsageError
 @click.option("--level-weighting", type=float, default=None,
               help="Weigh each crop's loss by (λ_mid/λ)^this (default 0.5; 0 lets the high-λ levels, whose "
                    "gradients are largest, lead the shared transforms).")
+@click.option("--gray-fraction", type=float, default=None,
+              help="Share of training crops turned grayscale, so gray photos learn to cost less (default 0).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--resume-or-start", is_flag=True,
@@ -47,8 +49,8 @@ from vaecodec.errors import UsageError
               help="Comma-separated λ of the 8 levels, lowest first (new runs; with --init the per-level "
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
-def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, device, resume,
-          resume_or_start, precision, compiled, decay_at, init_weights, channels, latent_channels, hyper_channels, lambdas):
+def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, gray_fraction, device,
+          resume, resume_or_start, precision, compiled, decay_at, init_weights, channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -74,8 +76,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
 
     run_path = Path(run_dir)
     overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads,
-                 "level_weighting": level_weighting, "precision": precision, "decay_at": decay_at,
-                 "compile": compiled}
+                 "level_weighting": level_weighting, "gray_fraction": gray_fraction, "precision": precision,
+                 "decay_at": decay_at, "compile": compiled}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None
     if resume_or_start:

@@ -93,6 +93,24 @@ def test_closing_the_crop_pool_stops_its_background_build_and_batches_still_come
     assert pool.batch(2, 2, 64, generator).shape == first.shape  # pool 1, built again after the close
 
 
+def test_a_gray_fraction_turns_that_share_of_crops_gray_as_the_codec_sees_gray_photos(data_dir):
+    from vaecodec.images import image_to_tensor
+    from vaecodec.train.data import CropPool, list_images, to_gray
+
+    pool = CropPool(list_images([data_dir]), pool_crop=96, crops_per_image=2, pool_steps=1000)
+    plain = pool.batch(0, 64, 32, torch.Generator().manual_seed(0))
+    assert (plain[:, 0] != plain[:, 1]).any(dim=(1, 2)).all()  # colour photos: no crop is gray by chance
+    mixed = pool.batch(0, 64, 32, torch.Generator().manual_seed(0), gray_fraction=0.25)
+    gray = ((mixed[:, 0] == mixed[:, 1]) & (mixed[:, 1] == mixed[:, 2])).all(dim=2).all(dim=1)
+    assert 4 <= int(gray.sum()) <= 32
+    assert torch.equal(mixed[~gray], plain[~gray])  # the same crops, only some turned gray
+    pool.close()
+    # the gray crop is what the codec codes for the photo converted to grayscale by Pillow (within a rounding step)
+    crop = (plain[:1] * 255).round().to(torch.uint8)
+    pillow = image_to_tensor(Image.fromarray(crop[0].permute(1, 2, 0).numpy()).convert("L"))
+    assert (to_gray(crop).float().div(255) - pillow).abs().max() <= 1 / 255 + 1e-6
+
+
 def test_checkpoints_are_split_into_small_parts_and_swapped_atomically(tmp_path, monkeypatch):
     from vaecodec.train import checkpoint
 

@@ -4,7 +4,9 @@ Every image under the data folders is decoded, downscaled by a random factor (wh
 artifacts of JPEG sources) and cut into random crops. A pool of such crops serves ``pool_steps`` optimizer
 steps; meanwhile a background thread builds the next pool (Pillow releases the GIL while decoding and
 resizing), so loading never stalls the optimizer. Pool ``g`` depends only on (seed, g), which makes
-``--resume`` exact. Batches are random sub-crops with random flips, drawn with a seeded torch.Generator.
+``--resume`` exact. Batches are random sub-crops with random flips, drawn with a seeded torch.Generator;
+a ``gray_fraction`` of them is turned gray (R = G = B), so the model learns that a grayscale photo, which the
+codec codes as three equal channels, needs no colour information.
 """
 
 import random
@@ -123,7 +125,8 @@ class CropPool:
             self._start_build(generation + 1)
         return self._pool
 
-    def batch(self, step: int, batch_size: int, patch: int, generator: torch.Generator) -> torch.Tensor:
+    def batch(self, step: int, batch_size: int, patch: int, generator: torch.Generator,
+              gray_fraction: float = 0.0) -> torch.Tensor:
         pool = self._pool_for(step)
         index = torch.randint(len(pool), (batch_size,), generator=generator).tolist()
         offsets = torch.randint(self.pool_crop - patch + 1, (batch_size, 2), generator=generator).tolist()
@@ -137,7 +140,19 @@ class CropPool:
             if flips[i][1]:
                 crop = crop.flip(1)
             crops.append(crop)
-        return torch.stack(crops).float().div_(255)
+        batch = torch.stack(crops)
+        if gray_fraction > 0:  # no draw otherwise, so runs without gray crops keep their random stream
+            gray = torch.rand(batch_size, generator=generator) < gray_fraction
+            batch[gray] = to_gray(batch[gray])
+        return batch.float().div_(255)
+
+
+def to_gray(crops: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB crops (B, 3, H, W) -> their ITU-R 601 luma in all three channels, as Pillow's convert("L")
+    and then "RGB" would give (the codec turns a grayscale image into exactly such an RGB image)."""
+    weights = torch.tensor([299, 587, 114], dtype=torch.int32)[None, :, None, None]
+    luma = ((crops.int() * weights).sum(1, keepdim=True) + 500) // 1000
+    return luma.to(torch.uint8).expand_as(crops).clone()
 
 
 def validation_crops(files: list, crop: int = 256) -> torch.Tensor:

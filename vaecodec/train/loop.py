@@ -32,6 +32,7 @@ class RunConfig:
     decay_at: float = 0.85  # fraction of the steps after which the learning rate drops 10x
     quantile_learning_rate: float = 1e-3
     clip_norm: float = 1.0
+    gray_fraction: float = 0.0  # share of training crops turned grayscale (see data.py)
     level_weighting: float = 0.5  # per-level loss weight (lambda_mid / lambda) ** this, see rate_distortion_loss
     seed: int = 0
     validation_images: int = 16
@@ -92,10 +93,11 @@ class Trainer:
         # compiling the forward function (not the module) keeps the state_dict's names, so checkpoints and
         # exports are the same with and without it
         self.forward = torch.compile(self.model) if config.compile else self.model
-        quantiles = [self.model.z_prior.quantiles]
-        main = [p for n, p in self.model.named_parameters() if n != "z_prior.quantiles"]
+        # the latent codec's auxiliary parameters (the z prior's tail quantiles) train on their own loss alone
+        auxiliary = self.model.latent_codec.auxiliary_parameters()
+        main = [p for p in self.model.parameters() if not any(p is a for a in auxiliary)]
         self.optimizer = torch.optim.Adam(main, lr=config.learning_rate)
-        self.quantile_optimizer = torch.optim.Adam(quantiles, lr=config.quantile_learning_rate)
+        self.quantile_optimizer = torch.optim.Adam(auxiliary, lr=config.quantile_learning_rate)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.use_amp = resolve_precision(config.precision, self.device) == "bf16"
@@ -141,7 +143,7 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------------------
     def train_step(self) -> dict:
         config = self.config
-        x = self.pool.batch(self.step, config.batch, config.patch, self.generator)
+        x = self.pool.batch(self.step, config.batch, config.patch, self.generator, config.gray_fraction)
         levels = torch.randint(self.model.config.levels, (config.batch,), generator=self.generator).float()
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         levels = levels.to(self.device)
@@ -150,7 +152,6 @@ class Trainer:
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.forward(x, levels)
-        output = {k: v.float() for k, v in output.items()}
         losses = rate_distortion_loss(x, output, levels, self.model.config.lambdas, config.level_weighting)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
@@ -158,7 +159,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        quantile_loss = self.model.z_prior.quantile_loss()
+        quantile_loss = self.model.latent_codec.auxiliary_loss()
         self.quantile_optimizer.zero_grad(set_to_none=True)
         quantile_loss.backward()
         self.quantile_optimizer.step()
