@@ -21,8 +21,8 @@ import click
 import torch
 
 from vaecodec.train.data import list_images, split_validation, validation_crops
-from vaecodec.train.export import model_from_weights
-from vaecodec.zoo import read_weights, weights_path
+from vaecodec.weights import model_of_weights, read_weights
+from vaecodec.zoo import weights_path
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
@@ -31,16 +31,14 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def measure(model, crops: torch.Tensor) -> list:
-    features = model.g_a(crops)
     rows = []
     for level in range(model.config.levels):
         levels = torch.full((len(crops),), float(level))
-        gain, inverse_gain = model.gains(levels)
-        y = features * gain
+        y = model.analysis(crops, levels)
         channel_std = y.transpose(0, 1).flatten(1).std(1)
         rows.append({
             "level": level + 1,
-            "psnr_unquantized": round(psnr(model.g_s(y * inverse_gain), crops), 3),
+            "psnr_unquantized": round(psnr(model.synthesis(y, levels), crops), 3),
             "psnr_rounded": round(psnr(model(crops, levels)["x_hat"], crops), 3),
             "channels_over_one_step": int((channel_std >= 1).sum()),
             "smallest_channel_std": round(channel_std.min().item(), 3),
@@ -56,7 +54,7 @@ def measure(model, crops: torch.Tensor) -> list:
 def main(data_dirs, model_name, validation_images, out):
     torch.set_num_threads(2)
     weights, model_hash = read_weights(weights_path(model_name))
-    model = model_from_weights(weights).eval()
+    model = model_of_weights(weights).eval()
     _, held_out = split_validation(list_images(data_dirs), validation_images)
     if not held_out:
         raise click.UsageError("--data holds too few images to hold any out")

@@ -21,9 +21,13 @@ TRAIN_COMMAND = ("vaecodec train --data ../shared/datasets/train --out runs/defa
 
 
 def parameter_count(weights: dict) -> int:
-    tensors = list(weights["transforms"].values()) + list(weights["hyper_synthesis"].values())
-    tensors += [weights["gain"], weights["inverse_gain"]] + list(weights.get("z_prior", {}).values())
-    return sum(t.numel() for t in tensors)
+    """Learned numbers in the weights (layout of vaecodec/weights.py); the frozen entropy tables not counted."""
+    def count(value) -> int:
+        if isinstance(value, dict):
+            return sum(count(v) for k, v in value.items() if k not in ("offsets", "table_low", "frequencies"))
+        return value.numel() if hasattr(value, "numel") else 0
+
+    return count({k: weights[k] for k in ("transforms", "gains", "latent_codec")})
 
 
 def round_commands(rounds: list) -> list:

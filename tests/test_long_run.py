@@ -36,8 +36,7 @@ def test_bf16_steps_keep_the_rate_terms_in_float32_and_train():
     x = torch.rand(2, 3, 64, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(x, torch.tensor([0.0, 7.0]))
-    assert output["y_likelihood"].dtype == torch.float32
-    assert output["z_likelihood"].dtype == torch.float32
+    assert all(likelihood.dtype == torch.float32 for likelihood in output["likelihoods"].values())
     assert output["x_hat"].dtype == torch.float32
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"

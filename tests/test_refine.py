@@ -7,6 +7,8 @@ import torch
 import vaecodec
 from vaecodec import container
 from vaecodec.errors import UsageError
+from vaecodec.latent_codecs import Symbols
+from vaecodec.quality import index_to_level
 from vaecodec.refine import level_lambda, refine_latents, refine_tiled
 
 from test_codec import codec, crop  # noqa: F401 (codec is the shared module fixture)
@@ -17,7 +19,7 @@ def real_cost(codec, image, data: bytes) -> float:
     header, _ = container.unpack(data)
     decoded = np.asarray(codec.decompress(data), dtype=np.float64)
     mse = np.mean((decoded - np.asarray(image, dtype=np.float64)) ** 2)
-    lam = level_lambda(codec.config.lambdas, header.quality_index * container.QUALITY_STEP)
+    lam = level_lambda(codec.config.lambdas, index_to_level(header.quality_index))
     return lam * mse + 8 * len(data) / (image.size[0] * image.size[1])
 
 
@@ -44,17 +46,18 @@ def test_refinement_keeps_masked_latents_and_tiles_still_help(codec):
     image = crop(11, 128, 128)
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     quality_index = torch.tensor([12])
+    rates = []
     with torch.no_grad():
         y = codec.g_a(x) * codec.gain[quality_index][:, :, None, None]
-        z_symbols = torch.round(codec.h_a(y) - codec.z_offsets[None, :, None, None]).long()
-        mean_fixed, scale_index = codec.hyper_synthesis.run(z_symbols, quality_index)
-    mean = mean_fixed.float() / 64
+        z_symbols = codec.latent_codec.quantize(y, quality_index, refine=lambda y, rate: rates.append(rate) or y).z
+    rate = rates[0]  # the latent codec's rate of this image, as refinement gets it
+    mean = rate.mean
     inverse_gain = codec.inverse_gain[quality_index][:, :, None, None]
-    lam = level_lambda(codec.config.lambdas, 12 * container.QUALITY_STEP)
+    lam = level_lambda(codec.config.lambdas, index_to_level(12))
     mask = torch.ones_like(x[:, :1])
     keep = torch.zeros((1, 1, 8, 8), dtype=torch.bool)
     keep[..., 2:5, 3:6] = True
-    partial = refine_latents(codec.g_s, x, y, mean, scale_index, inverse_gain, lam, 10, mask, keep)
+    partial = refine_latents(codec.g_s, x, y, rate, inverse_gain, lam, 10, mask, keep)
     assert torch.equal(partial[..., ~keep[0, 0]], y[..., ~keep[0, 0]])
     assert not torch.equal(partial[..., keep[0, 0]], y[..., keep[0, 0]])
 
@@ -62,11 +65,12 @@ def test_refinement_keeps_masked_latents_and_tiles_still_help(codec):
         symbols = torch.round(y_refined - mean)
         with torch.no_grad():
             x_hat = codec.g_s((symbols + mean) * inverse_gain).clamp(0, 1)
-        bits = codec.y_tables.estimated_bits(symbols[0].long().numpy(), scale_index[0].numpy())
+        coded = Symbols(z_symbols[0].numpy(), symbols[0].long().numpy())
+        bits = codec.latent_codec.estimated_bits(coded, 12)
         return lam * 255**2 * float((x_hat - x).square().mean()) + bits / (128 * 128)
 
-    whole = refine_tiled(codec.g_s, x, y, mean, scale_index, inverse_gain, lam, 30, mask, 16)
-    tiled = refine_tiled(codec.g_s, x, y, mean, scale_index, inverse_gain, lam, 30, mask, 16, tile=4, halo=2)
+    whole = refine_tiled(codec.g_s, x, y, rate, inverse_gain, lam, 30, mask, 16)
+    tiled = refine_tiled(codec.g_s, x, y, rate, inverse_gain, lam, 30, mask, 16, tile=4, halo=2)
     assert cost(whole) < 0.98 * cost(y)
     assert cost(y) - cost(tiled) > 0.5 * (cost(y) - cost(whole))  # tiles keep most of the gain
 

@@ -74,8 +74,8 @@ def test_export_loads_and_round_trips_and_can_seed_a_new_run(data_dir, tmp_path)
     model = model_from_weights(shipped)
     assert torch.isfinite(model.log_gain).all()
     # the rebuilt h_s exports the shipped integers again (per-level tables at the trained levels)
-    rebuilt = model.h_s.export_integer_tables(level_of_quality())
-    for key, table in shipped["hyper_synthesis"].items():
+    rebuilt = model.latent_codec.h_s.export_integer_tables(level_of_quality())
+    for key, table in shipped["latent_codec"]["h_s"].items():
         at_trained_levels = slice(None, None, 4) if key in ("scale_shift", "mean_gain") else slice(None)
         assert torch.equal(rebuilt[key][at_trained_levels], table[at_trained_levels]), key
 
@@ -150,7 +150,7 @@ def test_the_loss_weighs_each_image_by_its_own_level_lambda():
     from vaecodec.model import rate_distortion_loss
 
     x = torch.zeros(2, 3, 8, 8)
-    output = {"x_hat": torch.full_like(x, 0.1), "y_likelihood": torch.ones(2, 1), "z_likelihood": torch.ones(2, 1)}
+    output = {"x_hat": torch.full_like(x, 0.1), "likelihoods": {"z": torch.ones(2, 1), "y": torch.ones(2, 1)}}
     ladder = (1.0, 2.0)
     loss = rate_distortion_loss(x, output, torch.tensor([0.0, 1.0]), ladder)["loss"]
     assert loss.item() == pytest.approx((1.0 + 2.0) / 2 * 255**2 * 0.01)
@@ -196,11 +196,12 @@ def test_widening_the_latents_keeps_the_reconstructions_and_trains_the_new_chann
     with torch.no_grad():
         before, after = model(x, levels), widened(x, levels)
         assert torch.allclose(before["x_hat"], after["x_hat"], atol=1e-5)  # g_s reads the new channels with 0
-        y = widened.g_a(x) * widened.gains(levels)[0]
+        y = widened.analysis(x, levels)
         assert y[:, 16:].abs().sum() > 0  # ... but they carry symbols, so that its readout can learn
-        z_symbols = torch.round(widened.h_a(y) - widened.z_prior.medians[None, :, None, None])
-        mean, scale_position = widened.h_s(z_symbols, levels)
-        old_mean, old_scale_position = model.h_s(z_symbols, levels)
+        hyperprior = widened.latent_codec
+        z_symbols = torch.round(hyperprior.h_a(y) - hyperprior.z_codec.prior.medians[None, :, None, None])
+        mean, scale_position = hyperprior.h_s(z_symbols, levels)
+        old_mean, old_scale_position = model.latent_codec.h_s(z_symbols, levels)
         assert torch.equal(mean[:, :16], old_mean) and torch.equal(scale_position[:, :16], old_scale_position)
         assert torch.equal(mean[:, 16:], torch.zeros_like(mean[:, 16:]))
         # each new channel's scale follows its spread: larger at the level with the larger gain

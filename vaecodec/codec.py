@@ -1,8 +1,8 @@
 """The codec users call: images -> latents -> bytes -> latents -> images.
 
-``Codec`` wraps loaded weights. The float transforms (g_a, h_a, g_s) run on the chosen device; everything
-that feeds the range coder is integer: z symbols, the integer hyper-synthesis (``integer_net.py``) and the
-frozen frequency tables (``entropy/``). Batches are formed from images of the same padded size, so an image
+``Codec`` is the transforms + one latent codec + the container + batching. The float transforms (g_a, g_s)
+run on the chosen device; the latent codec (``latent_codecs/``, its coding side) turns y into integer symbols,
+codes them and gives y_hat back, and everything in it that feeds the range coder is integer. Batches are formed from images of the same padded size, so an image
 codes to the same bytes alone or in a batch. ``refine_steps`` > 0 adds encoder-side latent refinement
 (``refine.py``) between the analysis and the rounding of y; the decoder never needs to know.
 """
@@ -21,16 +21,18 @@ import numpy as np
 import torch
 
 from . import container
-from .container import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, QUALITY_STEP, ImageHeader, quality_to_index
-from .entropy.coder import SYMBOL_MAX, SYMBOL_MIN, TableSet, decode_exactly, decode_symbols, encode_symbols
+from .container import DEFAULT_MAX_PIXELS, ImageHeader
+from .entropy.coder import decode_exactly
 from .errors import InvalidFile, ModelMismatch, UsageError
 from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_image
-from .integer_net import ACTIVATION_FRAC_BITS, IntegerHyperSynthesis
+from .latent_codecs import Symbols, coding_class
 from .latents import Latents
-from .model import STRIDE, HyperpriorVAE, ModelConfig
+from .model import STRIDE
+from .quality import DEFAULT_QUALITY, index_to_level, quality_to_index
 from .refine import level_lambda, refine_tiled
 from .tiling import TILE_UNITS, run_tiled, tiles
-from .zoo import installed_release, read_weights, weights_path
+from .weights import load_transforms, model_config, read_weights
+from .zoo import installed_release, weights_path
 
 Y_STRIDE = 16  # downsampling of y; z is at STRIDE
 
@@ -69,31 +71,15 @@ def load(name: str = "default", device: str = "auto") -> "Codec":
 
 class Codec:
     def __init__(self, weights: dict, model_hash: bytes, device: torch.device):
+        """From a weights dict as ``weights.read_weights`` gives it (checked strictly there and here)."""
         self.model_name = weights["name"]
         self.model_hash = model_hash
         self.device = device
-        self.config = ModelConfig(**weights["config"])
-        model = HyperpriorVAE(self.config)
-        # The stored tensors replace the initial ones (assign: no copy), each converted once, straight to the
-        # float32 channels-last layout the transforms run in: on a busy CPU every multi-threaded copy waits
-        # for a free core, so fewer copies load the model several times faster.
-        transforms = {name: tensor.to(device, torch.float32, memory_format=torch.channels_last if tensor.dim() == 4
-                                      else torch.preserve_format)
-                      for name, tensor in weights["transforms"].items()}
-        missing = model.load_state_dict(transforms, strict=False, assign=True).missing_keys
-        self.g_a, self.h_a, self.g_s = (transform.eval().to(memory_format=torch.channels_last)
-                                        for transform in (model.g_a, model.h_a, model.g_s))
-        if any(name.split(".")[0] in ("g_a", "h_a", "g_s") for name in missing):  # only these are used
-            raise InvalidFile(f"weights of model {self.model_name} lack transform tensors ({', '.join(missing)})")
-        for transform in (self.g_a, self.h_a, self.g_s):
-            transform.requires_grad_(False)  # refinement differentiates through g_s, never into its weights
-        self.hyper_synthesis = IntegerHyperSynthesis(
-            model.h_s.specs, weights["hyper_synthesis"], self.config.latent_channels, model.h_s.num_scales, device)
-        self.gain = weights["gain"].float().to(device)
-        self.inverse_gain = weights["inverse_gain"].float().to(device)
-        self.z_offsets = weights["z_offsets"].float().to(device)
-        self.z_tables = TableSet(weights["z_frequencies"].numpy(), weights["z_table_low"].numpy())
-        self.y_tables = TableSet(weights["y_frequencies"].numpy(), weights["y_table_low"].numpy())
+        self.config = model_config(weights)
+        self.g_a, self.g_s = load_transforms(weights, self.config, device)
+        self.latent_codec = coding_class(self.config.latent_codec)(weights["latent_codec"], self.config, device)
+        self.gain = weights["gains"]["gain"].float().to(device)
+        self.inverse_gain = weights["gains"]["inverse_gain"].float().to(device)
         self.training_info = weights.get("training", {})
         self.timings = Timings()
         # Called as on_progress(what, done, total) while an image is coded: tiles of a large image, steps of
@@ -101,14 +87,11 @@ class Codec:
         self.on_progress = None
 
     # -- shapes -----------------------------------------------------------------------------------------------
-    def latent_shapes(self, width: int, height: int) -> tuple:
+    def latent_shapes(self, width: int, height: int) -> Symbols:
+        """Shapes (channels, height, width) of an image's z and y symbols."""
         padded_width, padded_height = padded_size(width, height, STRIDE)
-        z_shape = (self.config.hyper_channels, padded_height // STRIDE, padded_width // STRIDE)
-        y_shape = (self.config.latent_channels, padded_height // Y_STRIDE, padded_width // Y_STRIDE)
-        return z_shape, y_shape
-
-    def _z_table_index(self, z_shape) -> np.ndarray:
-        return np.broadcast_to(np.arange(z_shape[0])[:, None, None], z_shape)
+        return self.latent_codec.symbol_shapes(
+            (self.config.latent_channels, padded_height // Y_STRIDE, padded_width // Y_STRIDE))
 
     def _check_model(self, header: ImageHeader, what: str):
         if header.model_hash != self.model_hash or header.model_name != self.model_name:
@@ -158,8 +141,7 @@ class Codec:
 
     @torch.no_grad()  # not inference_mode: refinement needs autograd on tensors made here
     def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor, refine_steps: int = 0):
-        """Padded images (B, 3, H, W) of the given (height, width) sizes -> z symbols, y symbols (int64) and
-        y's scale indexes (uint8), on CPU."""
+        """Padded images (B, 3, H, W) of the given (height, width) sizes -> z symbols, y symbols (int64, CPU)."""
         x = self._on_device(x)
         return self._quantize(x, self._analysis(x), quality_index, sizes, refine_steps)
 
@@ -175,67 +157,56 @@ class Codec:
 
     def _quantize(self, x: torch.Tensor, y: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor,
                   refine_steps: int = 0):
-        """``_analysis`` output at the given quality indexes -> z symbols, y symbols, scale indexes (as
-        ``_analyse``); ``x`` (the padded images on the device) is needed only for refinement."""
+        """``_analysis`` output at the given quality indexes -> z symbols, y symbols (as ``_analyse``); ``x``
+        (the padded images on the device) is needed only for refinement."""
         y = y * self.gain[quality_index][:, :, None, None]
-        z = self.h_a(y)
-        z_symbols = torch.round(z - self.z_offsets[None, :, None, None]).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
-        mean_fixed, scale_index = self.hyper_synthesis.run(z_symbols, quality_index)
-        mean = mean_fixed.to(y.dtype) / 2**ACTIVATION_FRAC_BITS
+        refine = None
         if refine_steps > 0:
-            y = torch.cat([self._refine(x[i:i + 1], y[i:i + 1], mean[i:i + 1], scale_index[i:i + 1],
-                                        int(quality_index[i]), sizes[i], refine_steps) for i in range(len(y))])
-        y_symbols = torch.round(y - mean).clamp(SYMBOL_MIN, SYMBOL_MAX).long()
-        return z_symbols.cpu(), y_symbols.cpu(), scale_index.to(torch.uint8).cpu()
+            def refine(y, rate):
+                return torch.cat([self._refine(x[i:i + 1], y[i:i + 1], rate.window(slice(i, i + 1)),
+                                               int(quality_index[i]), sizes[i], refine_steps) for i in range(len(y))])
+        symbols = self.latent_codec.quantize(y, quality_index, refine)
+        return symbols.z.cpu(), symbols.y.cpu()
 
-    def _refine(self, x, y, mean, scale_index, quality_index: int, size, steps: int) -> torch.Tensor:
-        """One image's y after ``steps`` of encoder-side refinement (refine.py)."""
+    def _refine(self, x, y, rate, quality_index: int, size, steps: int) -> torch.Tensor:
+        """One image's y after ``steps`` of encoder-side refinement (refine.py) against the latent codec's rate."""
         height, width = (int(v) for v in size)
         pixel_mask = torch.zeros((1, 1) + x.shape[-2:], device=x.device)
         pixel_mask[..., :height, :width] = 1
-        lam = level_lambda(self.config.lambdas, quality_index * QUALITY_STEP)
+        lam = level_lambda(self.config.lambdas, index_to_level(quality_index))
         inverse_gain = self.inverse_gain[quality_index][None, :, None, None]
         g_s = self._reporting(self.g_s, "refinement step", tuple(y.shape[-2:]), per_tile=steps)
-        return refine_tiled(g_s, x, y, mean, scale_index, inverse_gain, lam, steps, pixel_mask, Y_STRIDE)
+        return refine_tiled(g_s, x, y, rate, inverse_gain, lam, steps, pixel_mask, Y_STRIDE)
 
     @torch.inference_mode()
     def _synthesize(self, z_symbols: torch.Tensor, y_symbols: torch.Tensor, quality_index: torch.Tensor):
-        mean_fixed, _ = self.hyper_synthesis.run(z_symbols.to(self.device), quality_index)
-        y_hat = y_symbols.to(self.device).float() + mean_fixed.float() / 2**ACTIVATION_FRAC_BITS
+        y_hat = self.latent_codec.dequantize(Symbols(z_symbols, y_symbols), quality_index)
         y_hat = y_hat * self.inverse_gain[quality_index][:, :, None, None]
         g_s = self._reporting(self.g_s, "synthesis", tuple(y_hat.shape[-2:]))
         return run_tiled(g_s, y_hat.contiguous(memory_format=torch.channels_last), 1, Y_STRIDE).float()
 
     # -- entropy coding (one image) ---------------------------------------------------------------------------
-    def _scale_index(self, z_symbols: np.ndarray, quality_index: int) -> np.ndarray:
-        """Scale-table index of every y element, from the z symbols alone (what the decoder can compute)."""
-        z_symbols = torch.from_numpy(z_symbols.astype(np.int64))[None]
-        _, scale_index = self.hyper_synthesis.run(z_symbols, torch.tensor([quality_index]))
-        return scale_index[0].cpu().numpy()
-
-    def _entropy_encode(self, z_symbols: np.ndarray, y_symbols: np.ndarray, scale_index: np.ndarray) -> bytes:
+    def _entropy_encode(self, latents: Latents) -> bytes:
         encoder = constriction.stream.queue.RangeEncoder()
-        encode_symbols(encoder, z_symbols, self._z_table_index(z_symbols.shape), self.z_tables)
-        encode_symbols(encoder, y_symbols, scale_index, self.y_tables)
+        symbols = Symbols(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64))
+        self.latent_codec.encode(encoder, symbols, latents.header.quality_index)
         return encoder.get_compressed().astype("<u4").tobytes()
 
-    def _entropy_decode(self, payload: bytes, header: ImageHeader) -> tuple:
-        z_shape, y_shape = self.latent_shapes(header.width, header.height)
+    def _entropy_decode(self, payload: bytes, header: ImageHeader) -> Symbols:
+        shapes = self.latent_shapes(header.width, header.height)
 
         def decode(decoder):
-            z_symbols = decode_symbols(decoder, self._z_table_index(z_shape), self.z_tables)
-            return z_symbols, decode_symbols(decoder, self._scale_index(z_symbols, header.quality_index), self.y_tables)
+            return self.latent_codec.decode(decoder, shapes, header.quality_index)
 
         try:
-            z_symbols, y_symbols = decode_exactly(payload, decode)
+            return decode_exactly(payload, decode)
         except (AssertionError, ValueError, RuntimeError, OverflowError) as error:  # constriction asserts on invalid data
             raise InvalidFile(f".vae payload cannot be decoded ({error})") from None
-        return z_symbols, y_symbols
 
     # -- public API: latents ----------------------------------------------------------------------------------
     def encode_latents(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> Latents:
         """Quantized latents of one image (PIL image or path); see ``compress`` for ``refine_steps``."""
-        return next(self._iter_analysed([image], quality, 1, refine_steps))[0]
+        return next(self._iter_analysed([image], quality, 1, refine_steps))
 
     def decode_latents(self, latents: Latents, max_pixels: int = DEFAULT_MAX_PIXELS):
         """Image from latents produced by ``encode_latents`` (or received with ``Latents.from_bytes``).
@@ -243,7 +214,7 @@ class Codec:
         return next(self.iter_decode_latents([latents], 1, max_pixels))
 
     def _iter_analysed(self, images, quality: float, batch_size: int, refine_steps: int = 0):
-        """Yield (Latents, scale_index) per image; the scale indexes save the entropy coder a second h_s run."""
+        """Yield Latents per image."""
         try:
             quality_index = quality_to_index(float(quality))
         except (TypeError, ValueError) as error:
@@ -260,14 +231,13 @@ class Codec:
                 x = torch.cat([pad(image_to_tensor(opened[i]), STRIDE) for i in members])
                 qualities = torch.full((len(members),), quality_index, dtype=torch.long, device=self.device)
                 sizes = torch.tensor([opened[i].size[::-1] for i in members])
-                z_symbols, y_symbols, scale_index = self._per_image(analyse, x, qualities, sizes)
+                z_symbols, y_symbols = self._per_image(analyse, x, qualities, sizes)
                 self.timings.add("transform", time.perf_counter() - started)
                 for row, i in enumerate(members):
                     image = opened[i]
                     header = ImageHeader(self.model_name, self.model_hash, quality_index, image.mode, *image.size)
-                    latents = Latents(header, z_symbols[row].numpy().astype(np.int16),
-                                      y_symbols[row].numpy().astype(np.int16))
-                    results[i] = (latents, scale_index[row].numpy())
+                    results[i] = Latents(header, z_symbols[row].numpy().astype(np.int16),
+                                         y_symbols[row].numpy().astype(np.int16))
             yield from results
 
     def iter_decode_latents(self, latents_list, batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -276,8 +246,8 @@ class Codec:
             for latents in chunk:
                 self._check_model(latents.header, "latents")
                 container.check_pixels(latents.header, max_pixels, "latents")
-                z_shape, y_shape = self.latent_shapes(latents.header.width, latents.header.height)
-                if latents.z_symbols.shape != z_shape or latents.y_symbols.shape != y_shape:
+                shapes = self.latent_shapes(latents.header.width, latents.header.height)
+                if (latents.z_symbols.shape, latents.y_symbols.shape) != tuple(shapes):
                     raise InvalidFile("latents have shapes that do not match the image size")
             results = [None] * len(chunk)
             groups = _group_by(chunk, lambda l: padded_size(l.header.width, l.header.height, STRIDE))
@@ -296,16 +266,11 @@ class Codec:
     # -- public API: files ------------------------------------------------------------------------------------
     def latents_to_bytes(self, latents: Latents) -> bytes:
         """Entropy-code latents into a .vae file."""
-        started = time.perf_counter()
-        scale_index = self._scale_index(latents.z_symbols, latents.header.quality_index)
-        self.timings.add("entropy", time.perf_counter() - started)
-        return self._pack((latents, scale_index))
+        return self._pack(latents)
 
-    def _pack(self, analysed: tuple) -> bytes:
-        latents, scale_index = analysed
+    def _pack(self, latents: Latents) -> bytes:
         started = time.perf_counter()
-        payload = self._entropy_encode(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64),
-                                       scale_index)
+        payload = self._entropy_encode(latents)
         self.timings.add("entropy", time.perf_counter() - started)
         return container.pack(latents.header, payload)
 
@@ -377,10 +342,8 @@ class Codec:
 
     def estimated_bits(self, latents: Latents) -> float:
         """The model's information content of the latents (sum of -log2 p under the frozen tables)."""
-        scale_index = self._scale_index(latents.z_symbols, latents.header.quality_index)
-        z_bits = self.z_tables.estimated_bits(latents.z_symbols, self._z_table_index(latents.z_symbols.shape))
-        y_bits = self.y_tables.estimated_bits(latents.y_symbols, scale_index)
-        return z_bits + y_bits
+        return self.latent_codec.estimated_bits(Symbols(latents.z_symbols, latents.y_symbols),
+                                                latents.header.quality_index)
 
     # -- timed coding, for per-file times -----------------------------------------------------------------------
     def iter_compress_timed(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
@@ -396,7 +359,7 @@ class Codec:
                 started = time.perf_counter()
                 results = list(self._iter_analysed(chunk, quality, batch_size, refine_steps))
                 seconds = time.perf_counter() - started
-                for result, share in zip(results, _pixel_shares([latents.header for latents, _ in results])):
+                for result, share in zip(results, _pixel_shares([latents.header for latents in results])):
                     yield result, share * seconds
 
         def pack(item):

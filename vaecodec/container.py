@@ -6,7 +6,7 @@ Layout (version 1), integers little-endian, ``varint`` = unsigned LEB128:
     version      1 byte   FORMAT_VERSION
     model name   1 byte length + name (1 to 64 characters: letters, digits, "." "_" "+" "-"; see MODEL_NAME)
     model hash   4 bytes  first bytes of the SHA-256 of the weights (see zoo.py)
-    quality      1 byte   quality index (quality = 1 + index * QUALITY_STEP)
+    quality      1 byte   quality index (see quality.py)
     colour mode  1 byte   0 = RGB, 1 = L (grayscale)
     width        varint   original image width
     height       varint   original image height
@@ -27,14 +27,10 @@ import zlib
 from dataclasses import dataclass
 
 from .errors import ImageTooLarge, InvalidFile, UnsupportedVersion, UsageError
+from .quality import DEFAULT_QUALITY, QUALITY_INDEXES, QUALITY_STEP, index_to_quality, quality_to_index  # noqa: F401
 
 MAGIC = b"VAE"
 FORMAT_VERSION = 1
-QUALITY_STEP = 0.25
-QUALITY_LEVELS = 29  # 1.0, 1.25, ..., 8.0
-# What a user gets without choosing. With the shipped model's wide λ ladder, quality 5 lands where quality 4
-# did before the ladder was widened (see the Kodak table in the model card).
-DEFAULT_QUALITY = 5.0
 MODES = ("RGB", "L")
 MAX_SIDE = 1 << 16
 MAX_PIXELS = 1 << 26  # 67 megapixels: what the format allows
@@ -47,17 +43,6 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 def is_model_name(name: str) -> bool:
     return isinstance(name, str) and MODEL_NAME.fullmatch(name) is not None
-
-
-def quality_to_index(quality: float) -> int:
-    index = (quality - 1) / QUALITY_STEP
-    if not (0 <= index <= QUALITY_LEVELS - 1) or abs(index - round(index)) > 1e-9:
-        raise ValueError(f"quality must be between 1 and 8 in steps of {QUALITY_STEP}, got {quality}")
-    return round(index)
-
-
-def index_to_quality(index: int) -> float:
-    return 1 + index * QUALITY_STEP
 
 
 @dataclass(frozen=True)
@@ -162,7 +147,7 @@ def read_image_header(reader: Reader) -> ImageHeader:
     model_hash = reader.take(4)
     quality_index, mode_index = reader.byte(), reader.byte()
     width, height = reader.varint(), reader.varint()
-    if quality_index >= QUALITY_LEVELS:
+    if quality_index >= QUALITY_INDEXES:
         raise InvalidFile(f"{reader.what} has an invalid quality index {quality_index}")
     if mode_index >= len(MODES):
         raise InvalidFile(f"{reader.what} has an unknown colour mode {mode_index}")

@@ -19,25 +19,10 @@ from PIL import Image, ImageDraw
 
 from .codec import Y_STRIDE, Codec
 from .container import ImageHeader, unpack
-from .entropy.coder import TableSet
-from .entropy.tables import PRECISION
+from .latent_codecs import Symbols
 from .model import STRIDE
 
 BLOCK = Y_STRIDE  # pixels per side of a heatmap block: one y element each
-ESCAPE_RAW_BITS = 16  # an escaped value follows as a raw 16-bit number (see entropy/coder.py)
-
-
-def code_lengths(tables: TableSet, symbols: np.ndarray, table_index: np.ndarray) -> np.ndarray:
-    """Bits each symbol costs under its table (float64, shaped like ``symbols``), escapes included."""
-    entries, escaped = tables.entries(symbols.ravel(), table_index.ravel().astype(np.int64))
-    table_index = table_index.ravel().astype(np.int64)
-    frequencies = np.zeros((len(tables), int(tables.size.max())))
-    for table, bits in enumerate(tables.bits):
-        frequencies[table, :len(bits)] = bits
-    bits = frequencies[table_index, entries] + ESCAPE_RAW_BITS * escaped
-    return bits.reshape(symbols.shape)
-
-
 @dataclass
 class BitUsage:
     """Code length of every coded symbol of one .vae file."""
@@ -82,12 +67,9 @@ def bit_usage(codec: Codec, data: bytes) -> BitUsage:
     """Decode a .vae file's symbols with ``codec`` (the model that wrote it) and measure their code lengths."""
     header, payload = unpack(data)
     latents = codec.bytes_to_latents(data)  # checks the model
-    z_symbols, y_symbols = latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64)
-    z_index = codec._z_table_index(z_symbols.shape)
-    y_index = codec._scale_index(latents.z_symbols, header.quality_index)  # as the decoder derives it
-    escapes = int(codec.z_tables.entries(z_symbols, z_index)[1].sum() + codec.y_tables.entries(y_symbols, y_index)[1].sum())
-    return BitUsage(header, len(payload), code_lengths(codec.z_tables, z_symbols, z_index),
-                    code_lengths(codec.y_tables, y_symbols, y_index), escapes)
+    symbols = Symbols(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64))
+    bits, escapes = codec.latent_codec.code_lengths(symbols, header.quality_index)  # tables as the decoder derives them
+    return BitUsage(header, len(payload), bits.z, bits.y, escapes)
 
 
 # A perceptually ordered dark-to-bright ramp (viridis' end points and quartiles), so more bits read brighter.

@@ -1,17 +1,13 @@
-"""The mean-scale hyperprior VAE: transforms, gains and the training-time rate-distortion forward pass.
+"""The VAE: analysis and synthesis transforms, per-level gains, a latent codec, and the training loss.
 
-Data path (Minnen, Ballé, Toderici 2018, without the autoregressive context model):
+    x --g_a--> y --*gain[level]--> latent codec (y -> symbols -> y_hat) --*inverse_gain[level]--g_s--> x_hat
 
-    x --g_a--> y --*gain[q]--> y_q --h_a--> z --round(z - median)--> z_symbols
-    z_symbols, q --h_s (integer)--> mean, scale_index
-    y_symbols = round(y_q - mean)                                        (coded with the scale's table)
-    y_hat = (y_symbols + mean) * inverse_gain[q] --g_s--> x_hat
-
-Variable rate comes from per-channel gain vectors (Cui et al., "Asymmetric gained deep image compression
-with continuous rate adaptation", CVPR 2021): one gain and one inverse gain per trained level; fractional
-qualities interpolate them geometrically. Training minimises lambda[q] * 255^2 * MSE + bpp, where bpp is
--log2 of the likelihood of the noisy latents under the prior: the KL term of the VAE, weighted as in a
-beta-VAE.
+The latent codec (``latent_codecs/``, chosen by ``ModelConfig.latent_codec``) owns everything between the
+transforms: side information, entropy models and rounding. Variable rate comes from per-channel gain vectors
+(Cui et al., "Asymmetric gained deep image compression with continuous rate adaptation", CVPR 2021): one
+gain and one inverse gain per trained level; fractional levels interpolate them geometrically. Training
+minimises lambda[level] * 255^2 * MSE + bpp, where bpp is -log2 of the likelihood of the noisy latents under
+the latent codec's entropy model: the KL term of the VAE, weighted as in a beta-VAE.
 """
 
 import math
@@ -20,10 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .entropy.factorized import FactorizedPrior
-from .entropy.gaussian import NUM_SCALES, GaussianConditional
-from .integer_net import HyperSynthesis
-from .layers import GDN, conv, deconv, interpolate_levels, round_ste
+from .latent_codecs import training_class
+from .layers import GDN, conv, deconv, interpolate_levels
 
 # CompressAI's MSE lambda ladder for its 8 quality levels (distortion on 0-255 MSE): the default, and the
 # ladder of every model whose weights predate ModelConfig.lambdas.
@@ -38,6 +32,7 @@ class ModelConfig:
     hyper_channels: int = 96  # channels of z and of the hyper transforms
     levels: int = len(LAMBDAS)
     lambdas: tuple = LAMBDAS  # the rate-distortion trade-off each level trains for, one per level
+    latent_codec: str = "hyperprior"  # type name of the latent codec (latent_codecs.LATENT_CODECS)
 
     def __post_init__(self):
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))  # JSON gives lists
@@ -48,27 +43,55 @@ class ModelConfig:
         return asdict(self)
 
 
-class HyperpriorVAE(nn.Module):
+# State-dict prefixes of models from before the latent codecs (checkpoints of running trainings, v1 weights),
+# and where those modules live now: the one place old names are mapped.
+LEGACY_PREFIXES = {"h_a.": "latent_codec.h_a.", "h_s.": "latent_codec.h_s.", "z_prior.": "latent_codec.z_codec.prior."}
+
+
+def legacy_state_keys(state: dict, prefix: str = "") -> dict:
+    """``state`` with pre-latent-codec keys renamed in place (and returned); other keys are left alone."""
+    for key in list(state):
+        for old, new in LEGACY_PREFIXES.items():
+            if key.startswith(prefix + old):
+                state[prefix + new + key[len(prefix + old):]] = state.pop(key)
+    return state
+
+
+# Positions of the layers in g_a and g_s (nn.Sequential, so they name the state-dict entries): convolutions,
+# with a GDN (inverse GDN in g_s) between each two.
+CONV_LAYERS = (0, 2, 4, 6)
+GDN_LAYERS = (1, 3, 5)
+
+
+def analysis_transform(config: ModelConfig) -> nn.Sequential:
+    n, m = config.channels, config.latent_channels
+    return nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m))
+
+
+def synthesis_transform(config: ModelConfig) -> nn.Sequential:
+    n, m = config.channels, config.latent_channels
+    return nn.Sequential(deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
+                         deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
+
+
+class VAE(nn.Module):
+    """Training model: ``forward(x, level) -> {"x_hat", "likelihoods"}``; ``analysis`` and ``synthesis`` are
+    its two halves around the latent codec."""
+
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
-        n, m, h = config.channels, config.latent_channels, config.hyper_channels
-        self.g_a = nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m))
-        self.g_s = nn.Sequential(
-            deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
-            deconv(n, n), GDN(n, inverse=True), deconv(n, 3),
-        )
-        self.h_a = nn.Sequential(conv(m, h, 3, 1), nn.ReLU(), conv(h, h), nn.ReLU(), conv(h, h))
-        self.h_s = HyperSynthesis(h, h, m, NUM_SCALES, config.levels)
-        self.z_prior = FactorizedPrior(h)
-        self.y_conditional = GaussianConditional()
+        self.g_a = analysis_transform(config)
+        self.g_s = synthesis_transform(config)
+        self.latent_codec = training_class(config.latent_codec).from_config(config)
         # log-domain gains keep them positive and make geometric interpolation linear
         # Start each level at the quantization step its lambda calls for (step ~ lambda^-1/2), so the levels
         # differ from the first step instead of after thousands of gain updates.
         lambdas = torch.tensor(config.lambdas, dtype=torch.float32)
         log_step = 0.5 * (lambdas.log() - lambdas.log().mean())
-        self.log_gain = nn.Parameter(log_step[:, None].repeat(1, m))
-        self.log_inverse_gain = nn.Parameter(-log_step[:, None].repeat(1, m))
+        self.log_gain = nn.Parameter(log_step[:, None].repeat(1, config.latent_channels))
+        self.log_inverse_gain = nn.Parameter(-log_step[:, None].repeat(1, config.latent_channels))
+        self._register_load_state_dict_pre_hook(lambda state, prefix, *_: legacy_state_keys(state, prefix))
 
     def gains(self, level: torch.Tensor):
         """Gain and inverse gain for (possibly fractional) zero-based levels, shape (B,) -> (B, M, 1, 1)."""
@@ -76,25 +99,25 @@ class HyperpriorVAE(nn.Module):
         log_inverse = interpolate_levels(self.log_inverse_gain, level)
         return log_gain.exp()[:, :, None, None], log_inverse.exp()[:, :, None, None]
 
+    def analysis(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Images -> latents y scaled by their level's gain (float32), what the latent codec codes."""
+        return self.g_a(x).float() * self.gains(level)[0]
+
+    def synthesis(self, y_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Reconstructed latents (gained) -> images (float32)."""
+        return self.g_s(y_hat * self.gains(level)[1]).float()
+
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
         """Training pass: noisy latents for the rate, straight-through rounded latents for the distortion."""
-        gain, inverse_gain = self.gains(level)
-        y = self.g_a(x).float() * gain
-        # Under bf16 autocast only g_a and g_s run in bf16: the hyperprior is cheap, and the rate and the
+        y = self.analysis(x, level)
+        # Under bf16 autocast only g_a and g_s run in bf16: the latent codec is cheap, and the rate and the
         # scale positions need float32 (a bf16 CDF difference loses the small likelihoods).
         with torch.autocast(x.device.type, enabled=False):
-            z = self.h_a(y)
-            medians = self.z_prior.medians.detach()[None, :, None, None]
-            z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
-            z_likelihood = self.z_prior.likelihood(z_noisy)
-            z_symbols = round_ste(z - medians)
-            mean, scale_position = self.h_s(z_symbols, level)
-            scale = self.y_conditional.scale_from_position(scale_position)
-            y_noisy_residual = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)
-            y_likelihood = self.y_conditional.likelihood(y_noisy_residual, scale)
-            y_hat = round_ste(y - mean) + mean
-        x_hat = self.g_s(y_hat * inverse_gain).float()
-        return {"x_hat": x_hat, "y_likelihood": y_likelihood, "z_likelihood": z_likelihood}
+            y_hat, likelihoods = self.latent_codec(y, level)
+        return {"x_hat": self.synthesis(y_hat, level), "likelihoods": likelihoods}
+
+
+HyperpriorVAE = VAE  # the name from before the latent codecs
 
 
 def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor, lambdas: tuple,
@@ -106,7 +129,7 @@ def rate_distortion_loss(x: torch.Tensor, output: dict, level: torch.Tensor, lam
     gradients are up to 100x larger, from deciding the shared transforms alone.
     """
     num_pixels = x.shape[2] * x.shape[3]
-    bits = -(output["y_likelihood"].log2().flatten(1).sum(1) + output["z_likelihood"].log2().flatten(1).sum(1))
+    bits = -sum(likelihood.float().log2().flatten(1).sum(1) for likelihood in output["likelihoods"].values())
     bpp = bits / num_pixels
     mse = (output["x_hat"] - x).pow(2).flatten(1).mean(1)
     lambda_mid = math.exp(sum(math.log(v) for v in lambdas) / len(lambdas))  # geometric mean

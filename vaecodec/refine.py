@@ -9,9 +9,10 @@ neural image compression", NeurIPS 2020).
 
 Rounding has no useful gradient, so the search uses stochastic Gumbel annealing (SGA, Yang et al.): each
 element rounds down or up at random, with odds that favour the nearer integer and sharpen as the temperature
-falls to zero; at the end y is rounded as usual. z, and with it every mean and scale index, stays as the
-integer hyper-synthesis computed it, so the rate that is optimised is the rate the range coder pays, and
-the file format and decoder do not change: refined files decode with any vaecodec.
+falls to zero; at the end y is rounded as usual. The rate is the latent codec's (``LatentRate``): its side
+information, and with it every mean and table, stays as the codec computed it before the search, so the rate
+that is optimised is the rate the range coder pays, and the file format and decoder do not change: refined
+files decode with any vaecodec.
 
 The search is a float computation, so its result may differ between machines, but it only chooses which
 integers are coded; whatever it chooses is written exactly and decodes identically everywhere. Its Gumbel
@@ -20,7 +21,7 @@ noise comes from a generator seeded per image, so an image refines to the same b
 
 import torch
 
-from .entropy.gaussian import GaussianConditional, scale_table
+from .latent_codecs import LatentRate
 from .layers import interpolate_levels
 from .tiling import HALO_UNITS, TILE_UNITS, tiles
 
@@ -45,17 +46,16 @@ def soft_round(residual: torch.Tensor, temperature: float, generator: torch.Gene
     return below + round_up
 
 
-def refine_latents(synthesis, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, scale_index: torch.Tensor,
-                   inverse_gain: torch.Tensor, lam: float, steps: int, pixel_mask: torch.Tensor,
+def refine_latents(synthesis, x: torch.Tensor, y: torch.Tensor, rate: LatentRate, inverse_gain: torch.Tensor, lam: float, steps: int, pixel_mask: torch.Tensor,
                    latent_mask: torch.Tensor = None) -> torch.Tensor:
     """Refined y (float, same shape) for one image; round(y - mean) are then the symbols to code.
 
     ``synthesis`` maps y * inverse_gain to pixels; ``x`` is the padded image in [0, 1]; ``pixel_mask`` is 1
-    where distortion counts (real pixels, not padding). ``mean`` and ``scale_index`` are the integer
-    hyper-synthesis' outputs for the image's z symbols. Where ``latent_mask`` is False, y stays as given and
+    where distortion counts (real pixels, not padding). ``rate`` is the latent codec's rate of this image's
+    y (its mean, and the bits of each residual from it). Where ``latent_mask`` is False, y stays as given and
     only serves as context (a tile's halo).
     """
-    scale = scale_table().to(y.device, torch.float32)[scale_index.long()]
+    mean = rate.mean
     fixed_residual = torch.round(y - mean)
     if latent_mask is None:
         latent_mask = torch.ones_like(y, dtype=torch.bool)
@@ -67,7 +67,7 @@ def refine_latents(synthesis, x: torch.Tensor, y: torch.Tensor, mean: torch.Tens
         for step in range(steps):
             temperature = START_TEMPERATURE * max(1e-3, 1 - step / steps)
             residual = torch.where(latent_mask, soft_round(y - mean, temperature, generator), fixed_residual)
-            bits = -(torch.log2(GaussianConditional.likelihood(residual, scale)) * latent_mask).sum()
+            bits = (rate.bits(residual) * latent_mask).sum()
             x_hat = synthesis((residual + mean) * inverse_gain)
             squared_error = ((x_hat - x).square() * pixel_mask).sum() / (3 * num_pixels)
             loss = lam * 255**2 * squared_error + bits / num_pixels
@@ -77,13 +77,13 @@ def refine_latents(synthesis, x: torch.Tensor, y: torch.Tensor, mean: torch.Tens
     return y.detach()
 
 
-def refine_tiled(synthesis, x, y, mean, scale_index, inverse_gain, lam, steps, pixel_mask,
+def refine_tiled(synthesis, x, y, rate: LatentRate, inverse_gain, lam, steps, pixel_mask,
                  y_stride: int, tile: int = TILE_UNITS, halo: int = HALO_UNITS) -> torch.Tensor:
     """``refine_latents`` on tiles of y with a fixed halo of context, so memory stays bounded on large images
     (the backward pass keeps every activation of the synthesis). Tiles depend only on the image size."""
     units_h, units_w = y.shape[-2:]
     if units_h <= tile and units_w <= tile:
-        return refine_latents(synthesis, x, y, mean, scale_index, inverse_gain, lam, steps, pixel_mask)
+        return refine_latents(synthesis, x, y, rate, inverse_gain, lam, steps, pixel_mask)
     refined = y.clone()
     for (top, bottom, left, right), (t0, t1, l0, l1) in tiles(units_h, units_w, tile, halo):
         inside = torch.zeros((1, 1, t1 - t0, l1 - l0), dtype=torch.bool, device=y.device)
@@ -91,8 +91,7 @@ def refine_tiled(synthesis, x, y, mean, scale_index, inverse_gain, lam, steps, p
         window = (..., slice(t0, t1), slice(l0, l1))
         pixels = (..., slice(t0 * y_stride, t1 * y_stride), slice(l0 * y_stride, l1 * y_stride))
         pixel_inside = inside.repeat_interleave(y_stride, -2).repeat_interleave(y_stride, -1)
-        result = refine_latents(synthesis, x[pixels], y[window], mean[window], scale_index[window],
-                                inverse_gain, lam, steps, pixel_mask[pixels] * pixel_inside, inside)
+        result = refine_latents(synthesis, x[pixels], y[window], rate.window(window), inverse_gain, lam, steps, pixel_mask[pixels] * pixel_inside, inside)
         refined[..., top:bottom, left:right] = result[..., top - t0:bottom - t0, left - l0:right - l0]
     return refined
 

@@ -16,7 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .container import QUALITY_LEVELS, ImageHeader, index_to_quality, pack
+from .container import ImageHeader, pack
+from .quality import QUALITY_INDEXES, index_to_quality
 from .errors import UsageError
 from .images import image_to_tensor, open_image, pad
 from .latents import Latents
@@ -49,22 +50,21 @@ class Search:
         with torch.no_grad():
             self.x = codec._on_device(pad(image_to_tensor(self.image), STRIDE))
             self.y = codec._analysis(self.x)
-        self.coded = {}  # quality index -> (Latents, scale index)
+        self.coded = {}  # quality index -> Latents
         self.psnrs = {}  # quality index -> dB
 
-    def latents(self, index: int) -> tuple:
+    def latents(self, index: int) -> Latents:
         if index not in self.coded:
             with torch.no_grad():
-                z, y, scale_index = self.codec._quantize(self.x, self.y, torch.tensor([index], device=self.codec.device),
+                z, y = self.codec._quantize(self.x, self.y, torch.tensor([index], device=self.codec.device),
                                                          self.sizes)
             header = ImageHeader(self.codec.model_name, self.codec.model_hash, index, self.image.mode,
                                  *self.image.size)
-            latents = Latents(header, z[0].numpy().astype(np.int16), y[0].numpy().astype(np.int16))
-            self.coded[index] = (latents, scale_index[0].numpy())
+            self.coded[index] = Latents(header, z[0].numpy().astype(np.int16), y[0].numpy().astype(np.int16))
         return self.coded[index]
 
     def estimated_bytes(self, index: int) -> float:
-        latents = self.latents(index)[0]
+        latents = self.latents(index)
         return self.codec.estimated_bits(latents) / 8 + len(pack(latents.header, b""))  # payload + container
 
     def file(self, index: int) -> bytes:
@@ -72,7 +72,7 @@ class Search:
 
     def psnr(self, index: int) -> float:
         if index not in self.psnrs:
-            self.psnrs[index] = psnr(self.image, self.codec.decode_latents(self.latents(index)[0]))
+            self.psnrs[index] = psnr(self.image, self.codec.decode_latents(self.latents(index)))
         return self.psnrs[index]
 
 
@@ -103,7 +103,7 @@ def compress_to_size(codec, image, max_bytes: int) -> Choice:
     """The file of the largest quality whose file has at most ``max_bytes`` bytes; UsageError if even
     quality 1 is larger."""
     search = Search(codec, image)
-    index, trials = last_true(lambda i: search.estimated_bytes(i) <= max_bytes, 0, QUALITY_LEVELS - 1)
+    index, trials = last_true(lambda i: search.estimated_bytes(i) <= max_bytes, 0, QUALITY_INDEXES - 1)
     index = 0 if index is None else index
     while True:  # the estimate is within a few bytes; the real file decides
         data = search.file(index)
@@ -120,10 +120,10 @@ def compress_to_psnr(codec, image, min_psnr: float) -> Choice:
     even quality 8 falls short."""
     search = Search(codec, image)
     # "PSNR below the goal" holds up to the quality just short of it: the next index is the answer.
-    short, trials = last_true(lambda i: search.psnr(i) < min_psnr, 0, QUALITY_LEVELS - 1)
+    short, trials = last_true(lambda i: search.psnr(i) < min_psnr, 0, QUALITY_INDEXES - 1)
     index = 0 if short is None else short + 1
-    if index == QUALITY_LEVELS:
-        raise UsageError(f"even quality 8 reaches only {search.psnr(QUALITY_LEVELS - 1):.2f} dB, "
+    if index == QUALITY_INDEXES:
+        raise UsageError(f"even quality 8 reaches only {search.psnr(QUALITY_INDEXES - 1):.2f} dB, "
                          f"below --psnr {min_psnr:g}")
     reached = search.psnr(index)  # measured already unless the search never tried it
     return Choice(index_to_quality(index), search.file(index), f"reaches {min_psnr:g} dB", psnr=reached,

@@ -1,19 +1,6 @@
 """Shipped weights: where they live, their file format, and their identity hash.
 
-A weights file ``pretrained/<name>.pt`` is a plain dict of tensors, strings and numbers, saved with
-``torch.save`` and read with ``torch.load(weights_only=True)`` (no arbitrary unpickling):
-
-    format            "vaecodec-weights/1"
-    name              model name, written into every .vae header
-    config            ModelConfig fields
-    transforms        state dict of g_a, h_a, g_s (fp16 floats)
-    gain, inverse_gain            float32 (QUALITY_LEVELS, M): per-channel gains for every quality index
-    hyper_synthesis   integer weights and biases of h_s (int64), see integer_net.py
-    z_offsets         float32 (C_z,): z is coded as round(z - offset)
-    z_table_low, z_frequencies    int32 frequency tables of z, one per channel (see entropy/tables.py)
-    y_table_low, y_frequencies    int32 frequency tables of y, one per scale
-    training          dict with the training history (informational)
-
+A weights file ``pretrained/<name>.pt`` holds one model; its layout is ``weights.py``'s business.
 The model hash written into .vae files is the first 4 bytes of the SHA-256 of the file, so a .vae file is
 only decoded by exactly the weights that wrote it. Earlier releases of a model stay installed, byte for byte,
 as ``pretrained/archive/<name>-<hash>.pt`` (``vaecodec export`` moves the file it replaces there), and
@@ -26,13 +13,9 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
+from .container import is_model_name
+from .errors import ModelNotFound, printable
 
-from .container import QUALITY_LEVELS, is_model_name
-from .errors import ModelNotFound, InvalidFile, printable
-from .integer_net import MEAN_GAIN_FRAC_BITS
-
-WEIGHTS_FORMAT = "vaecodec-weights/1"
 ALIASES = {"default": "mshp-n64"}
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 MODEL_HASH = re.compile(r"[0-9a-fA-F]{8}")
@@ -99,31 +82,14 @@ def archive_release(path: Path) -> Path:
     return target
 
 
-def read_weights(path: Path) -> tuple:
-    """(weights dict, 4-byte model hash) of a weights file."""
-    data = Path(path).read_bytes()
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged download should read as such, not as a traceback
-        raise InvalidFile(f"{path}: not a readable vaecodec weights file ({error.__class__.__name__})") from None
-    if not isinstance(weights, dict) or weights.get("format") != WEIGHTS_FORMAT:
-        raise InvalidFile(f"{path}: not a {WEIGHTS_FORMAT} file")
-    _add_identity_quality_tables(weights)
-    return weights, hashlib.sha256(data).digest()[:4]
+def read_weights(path) -> tuple:
+    """(weights dict, 4-byte model hash) of a weights file: see ``weights.py``, which owns the layout."""
+    from .weights import read_weights as read
+
+    return read(path)
 
 
-def _add_identity_quality_tables(weights: dict):
-    """Weights from before h_s knew the quality (round 1 and 2 releases) lack its per-quality tables; the
-    identity tables (no scale shift, mean gain 1) reproduce exactly what those weights computed."""
-    hyper = weights.get("hyper_synthesis")
-    if isinstance(hyper, dict) and "scale_shift" not in hyper:
-        shape = (QUALITY_LEVELS, weights["config"]["latent_channels"])
-        hyper["scale_shift"] = torch.zeros(shape, dtype=torch.long)
-        hyper["mean_gain"] = torch.full(shape, 2**MEAN_GAIN_FRAC_BITS, dtype=torch.long)
+def save_weights(weights: dict, path):
+    from .weights import save_weights as save
 
-
-def save_weights(weights: dict, path: Path):
-    path = Path(path)
-    temporary = path.with_suffix(".pt.tmp")
-    torch.save({"format": WEIGHTS_FORMAT, **weights}, temporary)
-    os.replace(temporary, path)
+    save(weights, path)

@@ -48,6 +48,17 @@ class TableSet:
         escaped = (entries < 0) | (entries >= self.escape[table_index])
         return np.where(escaped, self.escape[table_index], entries), escaped
 
+    def code_lengths(self, symbols: np.ndarray, table_index: np.ndarray) -> tuple:
+        """(bits each symbol costs under its table, float64 shaped like ``symbols``, escapes' 16 raw bits
+        included; number of escaped symbols)."""
+        table_index = table_index.ravel().astype(np.int64)
+        entries, escaped = self.entries(symbols.ravel(), table_index)
+        frequencies = np.zeros((len(self), int(self.size.max())))
+        for table, bits in enumerate(self.bits):
+            frequencies[table, :len(bits)] = bits
+        bits = frequencies[table_index, entries] + 16.0 * escaped
+        return bits.reshape(symbols.shape), int(escaped.sum())
+
     def estimated_bits(self, symbols: np.ndarray, table_index: np.ndarray) -> float:
         """Information content of the symbols under the tables (escapes counted with their 16 raw bits)."""
         symbols, table_index = symbols.ravel(), table_index.ravel()

@@ -1,9 +1,8 @@
 """Export a training run to shipped weights: freeze the entropy models, drop optimizer state, verify.
 
-Steps: load the run's checkpoint; fit the factorized prior's tail quantiles to convergence (cheap, no data:
-the medians, which the hyper-synthesis was trained against, stay as trained); quantize h_s to integers;
-build the integer frequency tables; precompute the gains of every quality index; store the float transforms
-in fp16; save. Then reload the file as a ``Codec`` and check on held-out training images that real file
+Steps: load the run's checkpoint; let the latent codec finish its training (for the hyperprior: fit the z
+prior's tail quantiles to convergence, cheap and without data) and export its integer tables; precompute the
+gains of every quality index; store the float transforms in fp16; save in the layout of ``weights.py``. Then reload the file as a ``Codec`` and check on held-out training images that real file
 sizes match the model's estimated rate and that decoding reproduces the symbols exactly.
 """
 
@@ -16,84 +15,13 @@ import torch
 
 from .. import container
 from ..codec import Codec
-from ..container import QUALITY_LEVELS, QUALITY_STEP
-from ..entropy.tables import PRECISION
-from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, MEAN_GAIN_UNIT, SCALE_SHIFT_UNIT,
-                           WEIGHT_FRAC_BITS)
-from ..model import HyperpriorVAE, ModelConfig
-from ..zoo import archive_release, read_weights, save_weights
+from ..model import VAE, ModelConfig
+from ..quality import index_levels as level_of_quality  # noqa: F401 (the name tests and tools know)
+from ..weights import model_of_weights as model_from_weights  # noqa: F401
+from ..weights import read_weights, save_weights, weights_of_model
+from ..zoo import archive_release
 from .checkpoint import load as load_checkpoint
 from .data import list_images, load_rgb, split_validation
-
-TRANSFORM_PREFIXES = ("g_a.", "g_s.", "h_a.")
-
-
-def fit_tail_quantiles(model: HyperpriorVAE, steps: int = 3000):
-    """Move the lower and upper quantiles of the z prior to their targets; the medians are left alone."""
-    quantiles = model.z_prior.quantiles
-    optimizer = torch.optim.Adam([quantiles], lr=0.05)
-    keep_median = torch.tensor([1.0, 0.0, 1.0])
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model.z_prior.quantile_loss().backward()
-        quantiles.grad *= keep_median
-        optimizer.step()
-    return model.z_prior.quantile_loss().item()
-
-
-def level_of_quality() -> torch.Tensor:
-    """Zero-based (fractional) training level of each quality index."""
-    return torch.tensor([index * QUALITY_STEP for index in range(QUALITY_LEVELS)], dtype=torch.float64)
-
-
-def quality_gains(model: HyperpriorVAE) -> tuple:
-    gain, inverse_gain = model.gains(level_of_quality().float())
-    return gain[:, :, 0, 0].detach().float(), inverse_gain[:, :, 0, 0].detach().float()
-
-
-def build_weights(model: HyperpriorVAE, name: str, fp16: bool, training: dict) -> dict:
-    state = model.state_dict()
-    dtype = torch.float16 if fp16 else torch.float32
-    transforms = {k: v.to(dtype) for k, v in state.items() if k.startswith(TRANSFORM_PREFIXES)}
-    gain, inverse_gain = quality_gains(model)
-    z_tables = model.z_prior.export_tables(PRECISION)
-    y_tables = model.y_conditional.export_tables(PRECISION)
-    return {
-        "name": name,
-        "config": model.config.to_dict(),
-        "transforms": transforms,
-        "gain": gain,
-        "inverse_gain": inverse_gain,
-        "hyper_synthesis": model.h_s.export_integer_tables(level_of_quality()),
-        "z_prior": {k: v.float() for k, v in model.z_prior.state_dict().items()},  # for --init fine-tuning
-        "z_offsets": torch.from_numpy(z_tables["offsets"]),
-        "z_table_low": torch.from_numpy(z_tables["table_low"]),
-        "z_frequencies": torch.from_numpy(z_tables["frequencies"]),
-        "y_table_low": torch.from_numpy(y_tables["table_low"]),
-        "y_frequencies": torch.from_numpy(y_tables["frequencies"]),
-        "training": training,
-    }
-
-
-def model_from_weights(weights: dict) -> HyperpriorVAE:
-    """Rebuild a trainable float model from shipped weights (for ``vaecodec train --init``)."""
-    model = HyperpriorVAE(ModelConfig(**weights["config"]))
-    state = {k: v.float() for k, v in weights["transforms"].items()}
-    state.update({f"z_prior.{k}": v for k, v in weights["z_prior"].items()})
-    hyper = weights["hyper_synthesis"]
-    for i, spec in enumerate(model.h_s.specs):
-        state[f"h_s.convs.{i}.weight"] = hyper[f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS
-        bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
-        state[f"h_s.convs.{i}.bias"] = hyper[f"layer{i}.bias"].double() / bias_unit
-    steps_per_level = round(1 / QUALITY_STEP)
-    state["h_s.level_scale_shift"] = hyper["scale_shift"][::steps_per_level].double() / (
-        2**ACTIVATION_FRAC_BITS * SCALE_SHIFT_UNIT)
-    state["h_s.level_log_mean_gain"] = (hyper["mean_gain"][::steps_per_level].double()
-                                        / 2**MEAN_GAIN_FRAC_BITS).log() / MEAN_GAIN_UNIT
-    state["log_gain"] = weights["gain"][::steps_per_level].log()
-    state["log_inverse_gain"] = weights["inverse_gain"][::steps_per_level].log()
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model
 
 
 def verify(codec: Codec, images: list, qualities=(1.0, 4.0, 8.0)) -> list:
@@ -127,10 +55,10 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     run_dir, out_path = Path(run_dir), Path(out_path)
     config = json.loads((run_dir / "config.json").read_text())
     checkpoint = load_checkpoint(run_dir)
-    model = HyperpriorVAE(ModelConfig(**config["model"]))
-    model.load_state_dict(checkpoint["model"])
+    model = VAE(ModelConfig(**config["model"]))
+    model.load_state_dict(checkpoint["model"])  # runs from before the latent codecs too (model.LEGACY_PREFIXES)
     started = time.time()
-    quantile_loss = fit_tail_quantiles(model)
+    quantile_loss = model.latent_codec.finish_training()
     name = name or out_path.stem
     # the earlier rounds: those of the release being replaced, else those of the weights the run started from
     history = _training_rounds(out_path) or _training_rounds(config.get("init"))
@@ -138,7 +66,7 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
                     "hardware": config.get("hardware", ""),
                     "log_tail": _log_summary(run_dir)})
     training = {"rounds": history}
-    weights = build_weights(model, name, fp16, training)
+    weights = weights_of_model(model, name, fp16, training)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.exists():  # files written by the release being replaced must stay decodable
         archive_release(out_path)

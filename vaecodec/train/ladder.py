@@ -14,7 +14,8 @@ import torch
 from ..layers import interpolate_levels
 from ..model import HyperpriorVAE, ModelConfig
 
-PER_LEVEL_TABLES = ("log_gain", "log_inverse_gain", "h_s.level_scale_shift", "h_s.level_log_mean_gain")
+PER_LEVEL_TABLES = ("log_gain", "log_inverse_gain", "latent_codec.h_s.level_scale_shift",
+                    "latent_codec.h_s.level_log_mean_gain")
 
 
 def resample_levels(table: torch.Tensor, old_lambdas, new_lambdas) -> torch.Tensor:

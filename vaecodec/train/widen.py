@@ -55,9 +55,10 @@ there).
 
 import torch
 
+from ..entropy.gaussian import GaussianConditional
 from ..integer_net import SCALE_SHIFT_UNIT
 from ..layers import GDN
-from ..model import HyperpriorVAE, ModelConfig
+from ..model import CONV_LAYERS, GDN_LAYERS, VAE as HyperpriorVAE, ModelConfig
 
 TOP_LEVEL_RMS = 0.5  # spread of each new channel at the top level, in quantization steps
 
@@ -84,21 +85,23 @@ def with_latent_channels(model: HyperpriorVAE, latent_channels: int, calibration
         shape[dim] = added
         return torch.zeros(shape)
 
-    analysis = state["g_a.6.weight"]  # (M, N, k, k)
+    last, first = f"g_a.{CONV_LAYERS[-1]}", f"g_s.{CONV_LAYERS[0]}"  # the layers that write and read y
+    h_a, h_s = "latent_codec.h_a.0", "latent_codec.h_s"
+    analysis = state[f"{last}.weight"]  # (M, N, k, k)
     noise = torch.randn((added,) + analysis.shape[1:], generator=generator)
-    extend("g_a.6.weight", 0, noise * analysis.std())
-    extend("g_a.6.bias", 0, zeros("g_a.6.bias", 0))
-    extend("g_s.0.weight", 0, zeros("g_s.0.weight", 0))  # ConvTranspose2d: (in = M, out = N, k, k)
-    extend("h_a.0.weight", 1, zeros("h_a.0.weight", 1))
+    extend(f"{last}.weight", 0, noise * analysis.std())
+    extend(f"{last}.bias", 0, zeros(f"{last}.bias", 0))
+    extend(f"{first}.weight", 0, zeros(f"{first}.weight", 0))  # ConvTranspose2d: (in = M, out = N, k, k)
+    extend(f"{h_a}.weight", 1, zeros(f"{h_a}.weight", 1))
     # h_s's output layer stacks [means (M), scale positions (M)]: each half gets its new rows at its end
-    for name in ("h_s.convs.2.weight", "h_s.convs.2.bias"):
+    for name in (f"{h_s}.convs.2.weight", f"{h_s}.convs.2.bias"):
         mean_rows, scale_rows = state[name].split(old, dim=0)
         new_rows = torch.zeros((added,) + mean_rows.shape[1:], dtype=mean_rows.dtype)
         state[name] = torch.cat([mean_rows, new_rows, scale_rows, new_rows], 0)
     for name in ("log_gain", "log_inverse_gain"):  # the old channels' mean, shifted by _fit_new_gains_and_scales
         extend(name, 1, state[name].mean(1, keepdim=True).repeat(1, added))
-    extend("h_s.level_log_mean_gain", 1, zeros("h_s.level_log_mean_gain", 1))
-    extend("h_s.level_scale_shift", 1, zeros("h_s.level_scale_shift", 1))
+    extend(f"{h_s}.level_log_mean_gain", 1, zeros(f"{h_s}.level_log_mean_gain", 1))
+    extend(f"{h_s}.level_scale_shift", 1, zeros(f"{h_s}.level_scale_shift", 1))
     widened = HyperpriorVAE(config)
     widened.load_state_dict(state)
     _fit_new_gains_and_scales(widened, old, calibration)
@@ -114,8 +117,8 @@ def _fit_new_gains_and_scales(model: HyperpriorVAE, first_new: int, calibration:
     log_shift = (rms * model.log_gain[-1, first_new:].exp() / TOP_LEVEL_RMS).log()
     model.log_gain[:, first_new:] -= log_shift
     model.log_inverse_gain[:, first_new:] += log_shift
-    position = model.y_conditional.position_of_scale(rms * model.log_gain[:, first_new:].exp())  # (levels, added)
-    model.h_s.level_scale_shift[:, first_new:] = position / SCALE_SHIFT_UNIT
+    position = GaussianConditional.position_of_scale(rms * model.log_gain[:, first_new:].exp())  # (levels, added)
+    model.latent_codec.h_s.level_scale_shift[:, first_new:] = position / SCALE_SHIFT_UNIT
 
 
 SPLIT_NOISE = 0.5  # spread of the random shares of an old unit's outgoing weights among its copies, relative
@@ -134,16 +137,16 @@ def with_channels(model: HyperpriorVAE, channels: int, seed: int = 0) -> Hyperpr
     copies = torch.bincount(copy_of, minlength=old).float()
     for prefix, transposed in (("g_a", False), ("g_s", True)):
         out_dim, in_dim = (1, 0) if transposed else (0, 1)  # ConvTranspose2d stores (in, out, k, k)
-        for layer in (0, 2, 4, 6):  # convolutions; 1, 3, 5 are the (inverse) GDNs between them
+        for layer in CONV_LAYERS:
             weight = state[f"{prefix}.{layer}.weight"]
-            if layer > 0:  # reads the hidden units: the copies share each outgoing weight
+            if layer != CONV_LAYERS[0]:  # reads the hidden units: the copies share each outgoing weight
                 weight = _split_among_copies(weight.index_select(in_dim, copy_of), in_dim, copy_of, copies,
                                              generator)
-            if layer < 6:  # writes hidden units: the copies repeat their unit's filters and bias
+            if layer != CONV_LAYERS[-1]:  # writes hidden units: the copies repeat their unit's filters and bias
                 weight = weight.index_select(out_dim, copy_of)
                 state[f"{prefix}.{layer}.bias"] = state[f"{prefix}.{layer}.bias"][copy_of]
             state[f"{prefix}.{layer}.weight"] = weight
-        for layer in (1, 3, 5):
+        for layer in GDN_LAYERS:
             beta, gamma = _widened_gdn(getattr(model, prefix)[layer], copy_of, copies)
             state[f"{prefix}.{layer}.beta"], state[f"{prefix}.{layer}.gamma"] = beta, gamma
     widened = HyperpriorVAE(ModelConfig(**{**model.config.to_dict(), "channels": channels}))
