@@ -271,7 +271,8 @@ def test_tiled_transforms_match_untiled(codec):
 
 
 def test_files_of_an_earlier_release_stay_decodable(codec, tmp_path, monkeypatch):
-    """Export replaces a weights file: the replaced release moves to archive/ and still decodes its files."""
+    """Export --force replaces a weights file: the replaced release moves to archive/ beside it (kept on this
+    machine, not in the package or the repository) and still decodes its files there."""
     models = tmp_path / "models"
     models.mkdir()
     shutil.copyfile(vaecodec.zoo.weights_path("default"), models / "mshp-n64.pt")

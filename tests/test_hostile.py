@@ -101,7 +101,8 @@ def test_model_name_hint_names_only_installed_releases(codec, valid):
     other = forge(codec, name=b"mshp-n64", model_hash=bytes(4), payload=container.unpack(valid)[1])
     with pytest.raises(ModelMismatch) as raised:
         codec.decompress(other)
-    assert "--model" not in str(raised.value)  # no release with that hash is installed
+    assert "--model" not in str(raised.value)  # no release with that hash is installed: it says so
+    assert str(raised.value).startswith(".vae file was written by model mshp-n64@00000000, which is not installed")
 
 
 # -- 2. a long model name is an invalid file, not a crash ------------------------------------------------------

@@ -101,7 +101,7 @@ def test_damaged_files_raise_one_clear_error(vae_file, codec, tmp_path):
 
     foreign = dataclasses.replace(header, model_hash=b"\0\0\0\0")
     (tmp_path / "foreign.vae").write_bytes(container.pack(foreign, container.unpack(vae_file.read_bytes())[1]))
-    with pytest.raises(ModelMismatch, match="written by model mshp-n64 \\(00000000\\)"):
+    with pytest.raises(ModelMismatch, match="written by model mshp-n64@00000000, which is not installed"):
         Image.open(tmp_path / "foreign.vae").load()
 
     (tmp_path / "text.vae").write_text("not an image")

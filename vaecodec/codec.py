@@ -95,11 +95,15 @@ class Codec:
 
     def _check_model(self, header: ImageHeader, what: str):
         if header.model_hash != self.model_hash or header.model_name != self.model_name:
+            written_by = f"{header.model_name}@{header.model_hash.hex()}"  # a valid name: the container checked it
+            loaded = f"{self.model_name}@{self.model_hash.hex()}"
             release = installed_release(header.model_name, header.model_hash)
-            hint = f"; decode it with --model {release} (vaecodec.load('{release}'))" if release else ""
-            raise ModelMismatch(
-                f"{what} was written by model {header.model_name} ({header.model_hash.hex()}), "
-                f"not the loaded {self.model_name} ({self.model_hash.hex()}){hint}")
+            if release:
+                raise ModelMismatch(f"{what} was written by model {written_by}, not the loaded {loaded}; decode it "
+                                    f"with --model {release} (vaecodec.load('{release}'))")
+            raise ModelMismatch(f"{what} was written by model {written_by}, which is not installed (the loaded model "
+                                f"is {loaded}): install the vaecodec release that ships it, or put its weights file "
+                                f"in a folder on VAECODEC_MODEL_PATH")
 
     # -- transforms (batched) ---------------------------------------------------------------------------------
     def _per_image(self, transform, *batched):

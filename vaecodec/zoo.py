@@ -2,9 +2,11 @@
 
 A weights file ``pretrained/<name>.pt`` holds one model; its layout is ``weights.py``'s business.
 The model hash written into .vae files is the first 4 bytes of the SHA-256 of the file, so a .vae file is
-only decoded by exactly the weights that wrote it. Earlier releases of a model stay installed, byte for byte,
-as ``pretrained/archive/<name>-<hash>.pt`` (``vaecodec export`` moves the file it replaces there), and
-``"<name>@<hash>"`` loads them: a newer model never makes older .vae files undecodable.
+only decoded by exactly the weights that wrote it. The package ships only the current models. When
+``vaecodec export --force`` replaces a weights file, the release it replaces is kept, byte for byte, as
+``archive/<name>-<hash>.pt`` beside it, on that machine only (pretrained/archive/ is neither packaged nor
+tracked; git history keeps every shipped release). ``"<name>@<hash>"`` loads such a release from any model
+folder; a file written by a release that is installed nowhere is refused with an error that names it.
 """
 
 import hashlib
