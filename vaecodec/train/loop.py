@@ -96,7 +96,14 @@ class Trainer:
         # the latent codec's auxiliary parameters (the z prior's tail quantiles) train on their own loss alone
         auxiliary = self.model.latent_codec.auxiliary_parameters()
         main = [p for p in self.model.parameters() if not any(p is a for a in auxiliary)]
-        self.optimizer = torch.optim.Adam(main, lr=config.learning_rate)
+        # a latent codec may ask for a larger learning rate for parameters it adds to a trained model (the
+        # context networks of the channel-conditional codec, which start from zero)
+        factors = getattr(self.model.latent_codec, "learning_rate_factors", dict)()
+        groups = {}
+        for parameter in main:
+            groups.setdefault(factors.get(parameter, 1.0), []).append(parameter)
+        self.optimizer = torch.optim.Adam([{"params": params, "lr_factor": factor} for factor, params in
+                                           groups.items()], lr=config.learning_rate)
         self.quantile_optimizer = torch.optim.Adam(auxiliary, lr=config.quantile_learning_rate)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
@@ -148,7 +155,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         levels = levels.to(self.device)
         for group in self.optimizer.param_groups:
-            group["lr"] = config.learning_rate_at(self.step)
+            group["lr"] = config.learning_rate_at(self.step) * group.get("lr_factor", 1.0)
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.forward(x, levels)

@@ -1,0 +1,201 @@
+"""The channel-conditional latent codec: integer context networks, exact coding, determinism, hostile input,
+and a warm start that codes exactly as the hyperprior it starts from."""
+
+from pathlib import Path
+
+import constriction
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaecodec
+from vaecodec import container
+from vaecodec.errors import InvalidFile
+from vaecodec.integer_net import (ACTIVATION_FRAC_BITS, IntegerNetwork, IntegerRunner, LayerSpec)
+from vaecodec.latent_codecs import Symbols
+from vaecodec.latent_codecs.channel_conditional import (ChannelConditionalCoder, ChannelConditionalLatentCodec,
+                                                        channel_groups)
+from vaecodec.model import ModelConfig
+from vaecodec.quality import index_levels
+from vaecodec.weights import model_of_weights, read_weights, save_weights, weights_of_model
+from vaecodec.zoo import weights_path
+
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
+
+
+def crop(index: int, width: int = 192, height: int = 128) -> Image.Image:
+    image = Image.open(KODAK / f"kodim{index:02d}.png").convert("RGB")
+    return image.crop((100, 100, 100 + width, 100 + height))
+
+
+def _perturb(codec: ChannelConditionalLatentCodec, seed: int = 0, std: float = 0.02):
+    """Non-trivial context networks, as after training (their output layers start at zero)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for network in codec.context:
+            for conv in network.convs:
+                conv.weight.add_(torch.randn(conv.weight.shape, generator=generator) * std)
+                conv.bias.add_(torch.randn(conv.bias.shape, generator=generator) * 0.2)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    config = ModelConfig(channels=16, latent_channels=24, hyper_channels=8, latent_codec="channel-conditional")
+    codec = ChannelConditionalLatentCodec.from_config(config)
+    _perturb(codec, std=0.05)
+    with torch.no_grad():
+        codec.h_s.level_scale_shift.normal_(0, 0.2)
+        codec.h_s.level_log_mean_gain.normal_(0, 0.1)
+    coder = ChannelConditionalCoder(codec.export_tables(index_levels()), config, torch.device("cpu"))
+    return codec.eval(), coder
+
+
+def _cc_weights(tmp_path_factory, perturbed: bool) -> Path:
+    """The shipped model's weights with context networks added: zero ones (a warm start, which must code as
+    the hyperprior does) or perturbed ones."""
+    weights, _ = read_weights(weights_path("default"))
+    weights["config"] = {**weights["config"], "latent_codec": "channel-conditional"}
+    context = ChannelConditionalLatentCodec.from_config(ModelConfig(**weights["config"]))
+    if perturbed:
+        _perturb(context)
+    weights["latent_codec"]["context"] = context.export_context_tables()
+    path = tmp_path_factory.mktemp("cc") / ("cc-perturbed.pt" if perturbed else "cc-zero.pt")
+    save_weights(weights, path)
+    return path
+
+
+def test_a_hyperprior_warm_start_trains_from_the_same_parameters_with_zero_corrections():
+    weights, _ = read_weights(weights_path("default"))
+    hyperprior = model_of_weights(weights)
+    weights["config"] = {**weights["config"], "latent_codec": "channel-conditional"}
+    warm = model_of_weights(weights)
+    shared = hyperprior.state_dict()
+    for key, value in warm.state_dict().items():
+        if ".context." in key:
+            if key.endswith((".convs.2.weight", ".convs.2.bias")):  # the output layers: zero corrections
+                assert not value.any(), key
+        else:
+            assert torch.equal(value, shared.pop(key)), key
+    assert not shared
+    x = torch.rand(2, 3, 128, 128)
+    level = torch.tensor([1.0, 6.0])
+    torch.manual_seed(0)
+    expected = hyperprior.eval()(x, level)
+    torch.manual_seed(0)
+    output = warm.eval()(x, level)
+    assert torch.equal(output["x_hat"], expected["x_hat"])  # the same rounded latents (the noise is drawn
+    # per group, so the likelihoods of the noisy latents differ by their noise only)
+
+
+@pytest.fixture(scope="module")
+def codec(tmp_path_factory):
+    torch.set_num_threads(2)
+    return vaecodec.load(str(_cc_weights(tmp_path_factory, perturbed=True)), device="cpu")
+
+
+def test_groups_are_uneven_and_cover_the_latents():
+    assert channel_groups(128) == (16, 16, 32, 64)
+    assert channel_groups(320) == (16, 16, 32, 64, 192)
+    for channels in (1, 4, 12, 24, 96, 192, 320):
+        assert sum(channel_groups(channels)) == channels and min(channel_groups(channels)) > 0
+
+
+def test_integer_network_matches_its_training_twin_with_1x1_3x3_5x5_kernels_and_upscaling():
+    torch.manual_seed(1)
+    specs = (LayerSpec(7, 12, 2, ACTIVATION_FRAC_BITS, True, kernel=5),
+             LayerSpec(12, 10, 1, ACTIVATION_FRAC_BITS, True, kernel=1),
+             LayerSpec(10, 6, 1, ACTIVATION_FRAC_BITS, False, kernel=3))
+    network = IntegerNetwork(specs)
+    runner = IntegerRunner(specs, network.export_integer_tables(), input_bound=2**16)
+    a, b = torch.randint(-200, 200, (3, 4, 5, 6)), torch.randint(0, 2000, (3, 3, 5, 6))
+    unit = 2**ACTIVATION_FRAC_BITS
+    expected = network(a.double() / unit, b.double() / unit, dtype=torch.float64)
+    assert torch.equal(runner.run(torch.cat([a, b], 1)), expected * unit)
+    network.zero_output_layer()
+    assert not network(a.double(), b.double()).any()
+    with pytest.raises(ValueError):  # accumulators that could pass 2^53 are refused
+        IntegerRunner(specs, network.export_integer_tables(), input_bound=2**60)
+
+
+def test_training_forward_agrees_with_the_integer_coder_in_float64():
+    codec, coder = _tiny()
+    y = torch.randn(3, 24, 8, 12) * 4
+    quality_index = torch.tensor([0, 13, 28])
+    y_hat, likelihoods = codec(y, index_levels()[quality_index], dtype=torch.float64)
+    symbols = coder.quantize(y, quality_index)
+    assert torch.equal(y_hat.double(), coder.dequantize(symbols, quality_index).double())
+    assert likelihoods["y"].shape == y.shape
+    # the corrections matter: the same symbols with the hyperprior's means give other latents
+    hyper_mean, _ = coder.h_s.run(symbols.z, quality_index)
+    assert not torch.equal(symbols.y + hyper_mean / 2**ACTIVATION_FRAC_BITS, coder.dequantize(symbols, quality_index))
+
+
+def test_range_coding_round_trips_exactly_with_escapes():
+    _, coder = _tiny()
+    y = torch.randn(2, 24, 8, 12) * 4
+    y[0, 20, 0, :3] = torch.tensor([30000.0, -30000.0, 900.0])  # escaped, and clamped as context inputs
+    quality_index = torch.tensor([4, 20])
+    symbols = coder.quantize(y, quality_index)
+    for i in range(2):
+        image = Symbols(symbols.z[i].numpy(), symbols.y[i].numpy())
+        encoder = constriction.stream.queue.RangeEncoder()
+        coder.encode(encoder, image, int(quality_index[i]))
+        decoder = constriction.stream.queue.RangeDecoder(encoder.get_compressed())
+        decoded = coder.decode(decoder, Symbols(image.z.shape, image.y.shape), int(quality_index[i]))
+        assert np.array_equal(decoded.z, image.z) and np.array_equal(decoded.y, image.y)
+        bits = coder.estimated_bits(image, int(quality_index[i]))
+        assert abs(32 * len(encoder.get_compressed()) - bits) < 64 + 0.01 * bits
+
+
+def test_files_round_trip_and_are_deterministic_across_threads_and_batches(codec):
+    images = [crop(i, 256, 192) for i in range(1, 9)]
+    alone = [codec.compress(image, 4) for image in images]
+    torch.set_num_threads(1)
+    try:
+        one_thread = codec.compress(images[0], 4)
+        latents_one_thread = codec.bytes_to_latents(alone[2])
+    finally:
+        torch.set_num_threads(2)
+    batched = codec.compress_batch(images, 4, batch_size=8)
+    assert one_thread == alone[0] and batched == alone
+    assert latents_one_thread == codec.bytes_to_latents(alone[2])
+    for image, data in zip(images[:2], alone):
+        assert codec.bytes_to_latents(data) == codec.encode_latents(image, 4)
+    decoded_alone = np.asarray(codec.decompress(alone[3]))
+    assert np.array_equal(decoded_alone, np.asarray(codec.decompress_batch(batched, batch_size=8)[3]))
+    assert 10 * np.log10(255**2 / np.mean((decoded_alone - np.asarray(images[3], dtype=float)) ** 2)) > 24
+
+
+def test_hostile_and_truncated_payloads_give_invalid_file(codec):
+    data = codec.compress(crop(11, 64, 64), 4)
+    for cut in range(0, len(data), 3):
+        with pytest.raises(InvalidFile):
+            codec.decompress(data[:cut])
+    header, payload = container.unpack(data)
+    rng = np.random.default_rng(1)
+    for length in (0, 4, 8, len(payload), 4 * len(payload)):
+        forged = container.pack(header, rng.integers(0, 256, length, dtype=np.uint8).tobytes())
+        try:
+            image = codec.decompress(forged)
+        except InvalidFile:
+            continue
+        assert image.size == (64, 64)
+
+
+def test_zero_context_networks_code_exactly_as_the_hyperprior(tmp_path_factory):
+    """A warm start has the hyperprior's symbols, means and tables: the same code length for every symbol,
+    so the same file size (within the range coder's final word: the groups are coded one after another, so
+    the symbols enter the stream in another order), and the same decoded pixels."""
+    hyperprior = vaecodec.load("default", device="cpu")
+    warm_start = vaecodec.load(str(_cc_weights(tmp_path_factory, perturbed=False)), device="cpu")
+    for index, quality in ((5, 1.0), (7, 4.5), (9, 8.0)):
+        image = crop(index, 128, 128)
+        expected, latents = hyperprior.encode_latents(image, quality), warm_start.encode_latents(image, quality)
+        assert np.array_equal(latents.z_symbols, expected.z_symbols)
+        assert np.array_equal(latents.y_symbols, expected.y_symbols)
+        assert warm_start.estimated_bits(latents) == hyperprior.estimated_bits(expected)
+        data, expected_data = warm_start.latents_to_bytes(latents), hyperprior.latents_to_bytes(expected)
+        assert abs(len(data) - len(expected_data)) <= 4
+        assert np.array_equal(np.asarray(warm_start.decompress(data)), np.asarray(hyperprior.decompress(expected_data)))
+    assert warm_start.config.latent_codec == "channel-conditional"

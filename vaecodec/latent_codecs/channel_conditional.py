@@ -1,0 +1,237 @@
+"""The channel-conditional codec: y coded in channel groups, each predicted from the groups decoded before it.
+
+Minnen & Singh, "Channel-wise autoregressive entropy models for learned image compression" (ICIP 2020), with
+the uneven groups of ELIC (He et al., CVPR 2022): small groups first, where a few channels carry most of the
+energy, larger ones after. For M = 128 the groups are 16/16/32/64 channels; wider latents add a last group
+with the rest (M = 320: 16/16/32/64/192).
+
+    y --h_a--> z --FactorizedCoder--> z symbols --h_s (integer), quality--> mean, scale position (every group)
+    group 0: mean, scale index from h_s alone                               --GaussianCoder--> symbols 0
+    group k: context_k(h_s mean and position of group k, symbols of groups < k) --> correction of the mean
+             and of the scale position of group k                           --GaussianCoder--> symbols k
+    y_hat = y symbols + corrected mean
+
+Each context network is an integer network (``integer_net.py``): a 3x3 convolution over the concatenated
+inputs, then two 1x1 convolutions, bounded-ReLU hidden layers, all in fixed point. Its inputs are integers
+(the h_s outputs in units of 2^-ACTIVATION_FRAC_BITS, the decoded symbols of the earlier groups, clamped to
+±CONTEXT_SYMBOL_MAX, in the same unit), and so are its outputs: the decoder computes the same corrections
+from the same symbols, on any machine. The groups are coded one after another in one range-coder stream;
+within a group each scale table's symbols go in one vectorised constriction call.
+
+The output layer of every context network starts at zero, so a model made from a trained hyperprior
+(``load_tables`` of its tables, as ``vaecodec train --init ... --latent-codec channel-conditional`` does) codes
+exactly as that hyperprior did, byte for byte, until fine-tuning moves it.
+
+Encoder-side refinement (``refine``) searches y against the hyperprior's rate (means and scales before the
+corrections, which depend on the rounded symbols themselves); whatever it chooses is then coded exactly with
+the corrected means and scales.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..entropy.coder import SYMBOL_MAX, SYMBOL_MIN
+from ..entropy.gaussian import NUM_SCALES
+from ..errors import InvalidFile
+from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_MAX, IntegerNetwork, IntegerRunner, LayerSpec,
+                           scale_index_of)
+from ..layers import lower_bound, round_ste
+from .base import Symbols
+from .gaussian import GaussianRate
+from .hyperprior import HyperpriorCoder, HyperpriorLatentCodec, _check_keys
+
+CONTEXT_SYMBOL_MAX = 255  # earlier groups' symbols enter the context networks clamped to this magnitude
+CONTEXT_HIDDEN = 128  # width of the context networks' hidden layers
+CONTEXT_LR_FACTOR = 10.0  # learning rate of the context networks relative to the rest of the model
+UNIT = 2**ACTIVATION_FRAC_BITS  # fixed-point unit of every context input and output
+MEAN_LIMIT = MEAN_MAX * UNIT
+
+
+def channel_groups(latent_channels: int) -> tuple:
+    """Sizes of the channel groups, in coding order: 16/16/32/64 (ELIC) and the rest as a last group; latents
+    narrower than 128 channels are split in the same proportions."""
+    if latent_channels >= 128:
+        rest = latent_channels - 128
+        return (16, 16, 32, 64) + ((rest,) if rest else ())
+    if latent_channels < 5:
+        return (latent_channels,)
+    unit = latent_channels // 8 or 1
+    return (unit, unit, 2 * unit, latent_channels - 4 * unit)
+
+
+def context_specs(group: int, earlier: int, hidden: int = CONTEXT_HIDDEN) -> tuple:
+    """Layers of the context network of a group of ``group`` channels after ``earlier`` decoded channels.
+    Input: [h_s mean (group), h_s scale position (group), symbols of the earlier groups]; output: [mean
+    correction, scale-position correction] of the group."""
+    return (
+        LayerSpec(2 * group + earlier, hidden, 1, ACTIVATION_FRAC_BITS, True, kernel=3),
+        LayerSpec(hidden, hidden, 1, ACTIVATION_FRAC_BITS, True, kernel=1),
+        LayerSpec(hidden, 2 * group, 1, ACTIVATION_FRAC_BITS, False, kernel=1),
+    )
+
+
+def _bounds(groups: tuple) -> list:
+    edges = np.cumsum((0,) + tuple(groups)).tolist()
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
+    """Training side: the hyperprior's parts plus one context network per group after the first."""
+
+    type_name = "channel-conditional"
+
+    def __init__(self, h_a, h_s, z_codec, y_codec, groups: tuple):
+        super().__init__(h_a, h_s, z_codec, y_codec)
+        self.groups = tuple(groups)
+        self.context = nn.ModuleList(
+            IntegerNetwork(context_specs(size, start)) for start, size in
+            ((start, end - start) for start, end in _bounds(self.groups)[1:]))
+        for network in self.context:
+            network.zero_output_layer()
+
+    @classmethod
+    def from_config(cls, config) -> "ChannelConditionalLatentCodec":
+        hyper = HyperpriorLatentCodec.from_config(config)
+        return cls(hyper.h_a, hyper.h_s, hyper.z_codec, hyper.y_codec, channel_groups(config.latent_channels))
+
+    def forward(self, y: torch.Tensor, level: torch.Tensor, dtype=torch.float32) -> tuple:
+        """As the hyperprior's forward, group by group; ``dtype=torch.float64`` computes the context networks
+        exactly as the integer coder does (tests)."""
+        z_symbols, z_likelihood = self.z_codec(self.h_a(y))
+        mean, scale_position = self.h_s(z_symbols, level, dtype=dtype)
+        y_hats, likelihoods, symbols = [], [], []
+        for k, (start, end) in enumerate(_bounds(self.groups)):
+            group_mean, group_position = mean[:, start:end], scale_position[:, start:end]
+            if k > 0:
+                context = torch.cat(symbols, 1).clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
+                correction = self.context[k - 1](group_mean, group_position, context, dtype=dtype).float()
+                mean_correction, position_correction = correction.split(end - start, dim=1)
+                group_mean = (group_mean + mean_correction).clamp(-MEAN_MAX, MEAN_MAX)
+                group_position = lower_bound(group_position + position_correction, 0.0).clamp(max=NUM_SCALES - 1)
+            y_hat, likelihood = self.y_codec(y[:, start:end], group_mean, group_position)
+            symbols.append(round_ste(y[:, start:end] - group_mean))
+            y_hats.append(y_hat)
+            likelihoods.append(likelihood)
+        return torch.cat(y_hats, 1), {"z": z_likelihood, "y": torch.cat(likelihoods, 1)}
+
+    def learning_rate_factors(self) -> dict:
+        """{parameter: factor of the run's learning rate}: the context networks, which start from zero while
+        the rest of the model is trained, learn at CONTEXT_LR_FACTOR times the rate."""
+        return {parameter: CONTEXT_LR_FACTOR for parameter in self.context.parameters()}
+
+    def export_tables(self, levels: torch.Tensor) -> dict:
+        tables = super().export_tables(levels)
+        tables["context"] = self.export_context_tables()
+        return tables
+
+    def export_context_tables(self) -> dict:
+        """{"groups": the group sizes, "group{k}.layer{i}.weight"/".bias": context network k's integers}."""
+        tables = {"groups": torch.tensor(self.groups, dtype=torch.long)}
+        for k, network in enumerate(self.context):
+            tables.update({f"group{k + 1}.{key}": value for key, value in network.export_integer_tables().items()})
+        return tables
+
+    def load_tables(self, tables: dict):
+        """Set the parameters from exported tables; a hyperprior's tables (no "context" entry) leave the
+        context networks' corrections at zero: the warm start from a trained hyperprior."""
+        super().load_tables({key: value for key, value in tables.items() if key != "context"})
+        if "context" not in tables:
+            for network in self.context:
+                network.zero_output_layer()
+            return
+        for k, network in enumerate(self.context):
+            prefix = f"group{k + 1}."
+            integer = {key[len(prefix):]: value for key, value in tables["context"].items() if key.startswith(prefix)}
+            network.load_state_dict({key: value.float() for key, value in
+                                     network.state_from_integer_tables(integer).items()})
+
+
+class ChannelConditionalCoder(HyperpriorCoder):
+    """Coding side (see the module docstring)."""
+
+    def __init__(self, tables: dict, config, device: torch.device):
+        _check_keys(tables, {"h_a", "h_s", "z", "y", "context"}, "latent codec")
+        super().__init__({key: value for key, value in tables.items() if key != "context"}, config, device)
+        context = tables["context"]
+        self.groups = channel_groups(config.latent_channels)
+        if "groups" not in context or tuple(int(v) for v in context["groups"]) != self.groups:
+            raise InvalidFile(f"weights: context groups do not match the {config.latent_channels} latent channels")
+        self.bounds = _bounds(self.groups)
+        input_bound = max(MEAN_LIMIT, (NUM_SCALES - 1) * UNIT, CONTEXT_SYMBOL_MAX * UNIT)
+        self.context = []
+        for k, (start, end) in enumerate(self.bounds[1:], 1):
+            prefix = f"group{k}."
+            integer = {key[len(prefix):]: value for key, value in context.items() if key.startswith(prefix)}
+            try:
+                self.context.append(IntegerRunner(context_specs(end - start, start), integer, input_bound, device))
+            except (KeyError, ValueError) as error:
+                raise InvalidFile(f"weights: context network {k} does not fit the model ({error})") from None
+
+    def _hyper(self, z_symbols: torch.Tensor, quality_index) -> tuple:
+        return self.h_s.run_fixed(z_symbols.to(self.device), quality_index)
+
+    def _group(self, k: int, mean_fixed, scale_fixed, earlier) -> tuple:
+        """Group k's (mean in units of 2^-ACTIVATION_FRAC_BITS as float64 integers, scale index int64) from its
+        h_s outputs and the symbols of the groups before it (int64, B x earlier channels)."""
+        start, end = self.bounds[k]
+        mean_fixed, scale_fixed = mean_fixed[:, start:end], scale_fixed[:, start:end]
+        if k > 0:
+            context = earlier.to(mean_fixed.device, torch.float64).clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
+            correction = self.context[k - 1].run(torch.cat([mean_fixed, scale_fixed, context * UNIT], 1))
+            mean_correction, scale_correction = correction.split(end - start, dim=1)
+            mean_fixed = (mean_fixed + mean_correction).clamp(-MEAN_LIMIT, MEAN_LIMIT)
+            scale_fixed = scale_fixed + scale_correction
+        return mean_fixed, scale_index_of(scale_fixed, NUM_SCALES)
+
+    def _side_all(self, z_symbols: torch.Tensor, y_symbols: torch.Tensor, quality_index) -> tuple:
+        """Means (fixed point) and scale indexes of every group at once, all symbols being known."""
+        mean_fixed, scale_fixed = self._hyper(z_symbols, quality_index)
+        y_symbols = y_symbols.to(mean_fixed.device)
+        parts = [self._group(k, mean_fixed, scale_fixed, y_symbols[:, :start])
+                 for k, (start, _) in enumerate(self.bounds)]
+        return torch.cat([mean for mean, _ in parts], 1), torch.cat([index for _, index in parts], 1)
+
+    def quantize(self, y, quality_index, refine=None) -> Symbols:
+        z_symbols = self.z.quantize(self.h_a(y))
+        mean_fixed, scale_fixed = self._hyper(z_symbols, quality_index)
+        if refine is not None:
+            y = refine(y, GaussianRate(mean_fixed.to(y.dtype) / UNIT, scale_index_of(scale_fixed, NUM_SCALES)))
+        symbols = []
+        for k, (start, end) in enumerate(self.bounds):
+            earlier = torch.cat(symbols, 1) if symbols else None
+            group_mean, _ = self._group(k, mean_fixed, scale_fixed, earlier)
+            symbols.append(self.y.quantize(y[:, start:end], group_mean.to(y.dtype) / UNIT))
+        return Symbols(z_symbols, torch.cat(symbols, 1))
+
+    def dequantize(self, symbols: Symbols, quality_index) -> torch.Tensor:
+        mean_fixed, _ = self._side_all(symbols.z, symbols.y, quality_index)
+        return symbols.y.to(self.device).float() + mean_fixed.float() / UNIT
+
+    def _one(self, symbols: Symbols, quality_index: int) -> np.ndarray:
+        """One image's scale indexes (numpy), all symbols known."""
+        z = torch.from_numpy(np.asarray(symbols.z, dtype=np.int64))[None]
+        y = torch.from_numpy(np.asarray(symbols.y, dtype=np.int64))[None]
+        return self._side_all(z, y, torch.tensor([quality_index]))[1][0].cpu().numpy()
+
+    def encode(self, encoder, symbols: Symbols, quality_index: int):
+        self.z.encode(encoder, symbols.z)
+        scale_index = self._one(symbols, quality_index)
+        for start, end in self.bounds:  # the order the decoder reads them in
+            self.y.encode(encoder, symbols.y[start:end], scale_index[start:end])
+
+    def decode(self, decoder, shapes: Symbols, quality_index: int) -> Symbols:
+        z_symbols = self.z.decode(decoder, shapes.z)
+        mean_fixed, scale_fixed = self._hyper(torch.from_numpy(z_symbols.astype(np.int64))[None],
+                                              torch.tensor([quality_index]))
+        symbols = []
+        for k in range(len(self.bounds)):
+            earlier = torch.from_numpy(np.concatenate(symbols))[None] if symbols else None
+            _, scale_index = self._group(k, mean_fixed, scale_fixed, earlier)
+            symbols.append(self.y.decode(decoder, scale_index[0].cpu().numpy()))
+        return Symbols(z_symbols, np.concatenate(symbols))
+
+    def code_lengths(self, symbols: Symbols, quality_index: int) -> tuple:
+        z_bits, z_escapes = self.z.code_lengths(symbols.z)
+        y_bits, y_escapes = self.y.code_lengths(symbols.y, self._one(symbols, quality_index))
+        return Symbols(z_bits, y_bits), z_escapes + y_escapes
