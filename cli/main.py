@@ -547,6 +547,7 @@ def info(context, paths):
             "file": printable(path),
             "model name": printable(header.model_name),
             "model hash": header.model_hash.hex(),
+            "model type": _model_type(header),
             "format version": data[len(container.MAGIC)],
             "quality": f"{header.quality:g}",
             "width": header.width,
@@ -562,6 +563,16 @@ def info(context, paths):
         for name, value in fields.items():
             click.echo(f"{name + ':':16}{value}")
     context.exit(exit_code_for(failed_classes))
+
+
+def _model_type(header) -> str:
+    """The latent codec type of the model that wrote a file, when that model is installed."""
+    from vaecodec import zoo
+
+    release = zoo.installed_release(header.model_name, header.model_hash)
+    if release is None:
+        return "unknown (model not installed)"
+    return printable(zoo.model_type(zoo.weights_path(release)))
 
 
 def info_files(paths):

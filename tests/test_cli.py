@@ -311,6 +311,7 @@ def test_info_prints_the_header_without_the_model(tmp_path, compressed, monkeypa
         "file": str(tmp_path / "photo.vae"),
         "model name": header.model_name,
         "model hash": header.model_hash.hex(),
+        "model type": "hyperprior",  # read from the installed weights file, without loading the model
         "format version": "1",
         "quality": f"{container.DEFAULT_QUALITY:g}",
         "width": "96",

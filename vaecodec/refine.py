@@ -25,8 +25,7 @@ from .latent_codecs import LatentRate
 from .layers import interpolate_levels
 from .tiling import HALO_UNITS, TILE_UNITS, tiles
 
-# Chosen on two Kodak crops at q3 and q7 with 50 steps (rate-distortion cost -6.4% against the plain encoder;
-# a start temperature of 0.25 gave -2.4%, 0.5 gave -5.7%, 2.0 no better than 1.0). 25 steps gave -5.3%, 100 -6.7%.
+# chosen by measurement (docs/notes.md)
 LEARNING_RATE = 0.03  # Adam step on y, in quantization steps
 START_TEMPERATURE = 1.0  # falls linearly to ~0 over the steps
 SEED = 0

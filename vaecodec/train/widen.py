@@ -12,25 +12,9 @@ the pools, and with them every output, stay the same. The outgoing weights are s
 per weight that sum to the old weight), which keeps the output but gives each copy its own gradient, so the
 copies can drift apart (with equal shares they would stay copies forever).
 
-Measured on the 2-core CPU (session of 2026-11-24): widening mshp-n64's hidden layers does not pay within CPU
-budgets. A joint fine-tune after ``--channels 96`` (round 5's recipe: lr 5e-5, patch 256 x batch 4, 7000
-steps, lr/10 for the last 15%, 1.2 h) ended 0.57% below round 5 in BD-rate on the held-out validation crops
-(model estimate) and 0.23% below it with real files on the 16 held-out photos, while encoding took 1.75x and
-decoding 1.58x as long (kodim23, one thread): not shipped. Throwaway probes on the held-out crops agree:
-training only g_s at width 64 on the frozen latents (lr 1e-4) lost 0.06-0.08 dB at the top levels after 1500
-steps, and a 128-wide g_s lost 0.11 dB after 500, so the decoder is not what limits the top levels; a 128-wide
-g_a trained alone, decoder frozen (lr 5e-5), was 0.2% worse after 1000 steps; per-level channel scales and
-biases after every (I)GDN (conditional convolutions, Choi et al. 2019), trained alone at lr 1e-3, moved BD-
-rate by noise (-0.6% to +0.1% over 1750 steps). Encoder-side latent refinement gains 7%
-(benchmarks/results/refine.md), so g_a's amortization gap is real, but closing it by training needs far more
-steps than a CPU session has. The tool is for a GPU round: ``--channels 128 --latent-channels 192`` and a long
-joint fine-tune.
-
-Latent channels (``with_latent_channels``). Why: at the top qualities every one of mshp-n64's 128 latent
-channels carries variance (the weakest has a standard deviation above 2 quantization steps), and its
-transforms cannot reconstruct held-out crops better than about 30.9 dB even from unquantized latents, with the
-top level within 0.1 dB of that ceiling (``benchmarks.ceiling``): y is too narrow. More latent channels cost
-little compute, since y lives at 1/16 of the image resolution.
+Latent channels (``with_latent_channels``): for models whose latents are too few for the top qualities (every
+channel carries variance there and ``benchmarks.ceiling`` shows the transforms at their ceiling). More latent
+channels cost little compute, since y lives at 1/16 of the image resolution.
 
 How: the new channels of y start as random projections of g_a's last features, with g_a rows as large as the
 old ones but a per-channel gain set so that at the top level their spread is about half a quantization step
@@ -40,17 +24,7 @@ weights, so reconstructions and z are those of the old model (up to float roundi
 only at the top levels. Training then learns g_s's readout of the new symbols (a consistent least-squares
 gradient, because they are not zero) and reshapes or silences each channel as its bits pay off.
 
-Measured on the 2-core CPU (an earlier session of 2026-11-24), widening mshp-n64 from 128 to 192 channels did
-not pay within an hour: over 5000 steps at learning rate 1e-4 (level weighting 0.5, then 0.25 from step 1855)
-g_s's readout grew only to a sixth of the old weights' size while the rate shrank the new channels (3% nonzero
-symbols at the top level), and held-out PSNR fell 0.2-0.5 dB. Two other starts fared worse: exactly zero at
-the smallest scale (any value then costs many bits, so the rate held them at zero), and rows at 0.1 of the old
-rows' size (Adam's fixed-size steps shrank them within a few hundred steps). Training only the new channels
-(everything else frozen) at learning rate 1e-3 for 1400 steps left held-out PSNR exactly where it was: g_a's
-earlier layers feed the old 128 channels what they need, so random projections of its last features carry
-little new information, and the rate shrank them. Widening pays only with joint training of the whole analysis
-transform, for many more steps than a CPU session has: a GPU round (or train the wider model from scratch
-there).
+What widening gave in measurements: docs/notes.md.
 """
 
 import torch
