@@ -18,7 +18,9 @@
 5. Folder jobs: `vaecodec compress DIR` and `decompress DIR` over the Kodak folder in one process (torch on
    all cores), on worker processes (one per core, one thread each) and on a local Ray instance, interleaved
    in rounds so that load from other processes falls on all three alike; images/s of the job (the
-   command's own summary, from the model loaded or the cluster reached) and of the whole command.
+   command's own summary, from the model loaded or the cluster reached) and of the whole command, and the
+   CPU time the command and its processes used per image, with the cores it kept busy on average: a way
+   that runs on several cores can only beat one process when the machine gives it more than one.
 
 Writes speed.json and speed.md to --out, and folder_jobs.json and folder_jobs.md; --only-folder-jobs
 measures part 5 alone.
@@ -31,6 +33,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -234,10 +237,10 @@ def folder_job_throughput(image_paths: list, quality: float, rounds: int) -> dic
                 out = scratch / f"round{round_index}-{list(ways).index(name)}"
                 source, target = (sources, out / "vae") if direction == "compress" else (out / "vae", out / "png")
                 extra = ["-q", str(quality)] if direction == "compress" else []
-                started = time.perf_counter()
+                started, cpu_before = time.perf_counter(), children_cpu_s()
                 finished = subprocess.run([script, direction, str(source), "-o", str(target), *extra, *arguments],
                                           capture_output=True, text=True)
-                wall = time.perf_counter() - started
+                wall, cpu = time.perf_counter() - started, children_cpu_s() - cpu_before
                 if finished.returncode != 0:
                     raise RuntimeError(f"{name} {direction} failed:\n{finished.stderr[-2000:]}")
                 job_rate = float(re.search(r"([0-9.]+) images/s", finished.stdout).group(1))
@@ -245,19 +248,36 @@ def folder_job_throughput(image_paths: list, quality: float, rounds: int) -> dic
                          for path in sorted(target.rglob("*")) if path.is_file()}
                 runs[name][direction].append({"job_images_per_s": job_rate,
                                               "command_images_per_s": len(image_paths) / wall,
-                                              "command_s": wall, "files": files})
+                                              "command_s": wall, "cpu_s": cpu, "cores_busy": cpu / wall,
+                                              "files": files})
         reference = runs["one process"]
         for name, (layout, _) in ways.items():
             entry = {"processes_x_threads": layout}
             for direction, rows in runs[name].items():
+                best = max(rows, key=lambda row: row["command_images_per_s"])
                 entry[direction] = {
                     "job_images_per_s": max(row["job_images_per_s"] for row in rows),
-                    "command_images_per_s": max(row["command_images_per_s"] for row in rows),
+                    "command_images_per_s": best["command_images_per_s"],
+                    "cpu_s_per_image": min(row["cpu_s"] for row in rows) / len(image_paths),
+                    "cores_busy": best["cores_busy"],  # in the round of the best command time
                     "rounds": [{key: value for key, value in row.items() if key != "files"} for row in rows],
                     "same_files_as_one_process": all(row["files"] == reference[direction][0]["files"] for row in rows),
                 }
             result["ways"][name] = entry
     return result
+
+
+def children_cpu_s() -> float:
+    """User and system CPU seconds of the finished child processes (and of the processes they waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def autogroup_enabled() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def folder_jobs_report(result: dict) -> str:
@@ -293,6 +313,26 @@ def folder_jobs_report(result: dict) -> str:
             f"| {decompress['command_images_per_s']:.2f} | {'yes' if same else 'NO'} |")
     if "ray_skipped" in folder:
         lines.append(f"| Ray | skipped: {folder['ray_skipped']} | | | | | | | |")
+    lines += [
+        "",
+        "Where the time went: CPU seconds per image of the command and the processes it waited for (its worker "
+        "processes; for Ray, whatever of the local instance it reaped, so possibly less than all), the least of "
+        "the rounds, and the cores that the command kept busy on average (CPU time over wall time, in its "
+        "fastest round). A way that spreads the work over two cores can only be faster when the machine lets "
+        "it have more than one core.",
+        "",
+        "| way | compress CPU s/image | compress cores busy | decompress CPU s/image | decompress cores busy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, entry in folder["ways"].items():
+        compress, decompress = entry["compress"], entry["decompress"]
+        if "cpu_s_per_image" in compress:
+            lines.append(f"| {name} | {compress['cpu_s_per_image']:.2f} | {compress['cores_busy']:.2f} "
+                         f"| {decompress['cpu_s_per_image']:.2f} | {decompress['cores_busy']:.2f} |")
+    if result.get("sched_autogroup"):
+        lines += ["", "This Linux groups processes by session for scheduling (`kernel.sched_autogroup_enabled` = 1): "
+                  "when other sessions keep the cores busy, each session gets its share of the cores however many "
+                  "processes or threads it runs, and the benchmark's commands all run in its one session."]
     return "\n".join(lines) + "\n"
 
 
@@ -302,7 +342,8 @@ def measure_folder_jobs(image_paths: list, quality: float, rounds: int, out_dir:
 
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:]),
-              "machine": machine_info(), "quality": quality, "load_average": os.getloadavg()}
+              "machine": machine_info(), "quality": quality, "load_average": os.getloadavg(),
+              "sched_autogroup": autogroup_enabled()}
     result["folder_jobs"] = folder_job_throughput(image_paths, quality, rounds)
     result["load_average_after"] = os.getloadavg()
     out_dir.mkdir(parents=True, exist_ok=True)
