@@ -38,6 +38,10 @@ from vaecodec.errors import UsageError
               help="Fraction of --steps after which the learning rate drops 10x (default 0.85; 1 keeps it "
                    "constant, for a run of open-ended length).")
 @click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
+@click.option("--latent-codec", default=None, type=click.Choice(["hyperprior", "channel-conditional"]),
+              help="Entropy model between the transforms (new runs; default: the init model's, else hyperprior). "
+                   "channel-conditional from a hyperprior --init starts with zero context corrections, coding "
+                   "exactly as the init model.")
 @click.option("--channels", type=int, default=None,
               help="Width N of g_a and g_s (new runs; with --init, more than the init model's widens them, "
                    "keeping its outputs: see vaecodec/train/widen.py).")
@@ -50,7 +54,8 @@ from vaecodec.errors import UsageError
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, gray_fraction, device,
-          resume, resume_or_start, precision, compiled, decay_at, init_weights, channels, latent_channels, hyper_channels, lambdas):
+          resume, resume_or_start, precision, compiled, decay_at, init_weights, latent_codec, channels, latent_channels,
+          hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -62,6 +67,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
       vaecodec train --data ../shared/datasets/train --out ~/runs/long --resume-or-start \
           --init default --steps 1000000 --decay-at 1
       vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
+      vaecodec train --data ../shared/datasets/train --out runs/cc --init default --steps 5000 \\
+          --latent-codec channel-conditional
       vaecodec train --data ../shared/datasets/train --out runs/wide --init default \\
           --channels 128 --latent-channels 192
       vaecodec train --data ../shared/datasets/train --out runs/round4 --init default \\
@@ -83,8 +90,10 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
     if resume_or_start:
         resume = checkpoint.exists(run_path)
         if resume:  # the run fixed these when it started
-            lambdas = channels = latent_channels = hyper_channels = init_weights = None
+            lambdas = channels = latent_channels = hyper_channels = init_weights = latent_codec = None
     if resume:
+        if latent_codec is not None:
+            raise UsageError("--latent-codec is fixed when a run starts; it cannot change on --resume")
         if lambdas is not None:
             raise UsageError("--lambdas is fixed when a run starts; it cannot change on --resume")
         if not checkpoint.exists(run_path):
@@ -115,10 +124,15 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
             if latent_channels is not None:
                 pretrained = _widened(pretrained, latent_channels, data_dirs)
                 latent_channels = None
+            if latent_codec is not None and latent_codec != pretrained.config.latent_codec:
+                pretrained = _with_latent_codec(pretrained, latent_codec)
             model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
             overrides["init"] = str(path)
-        elif ladder is not None:
-            model["lambdas"] = ladder
+        else:
+            if ladder is not None:
+                model["lambdas"] = ladder
+            if latent_codec is not None:
+                model["latent_codec"] = latent_codec
         for key, value in (("channels", channels), ("latent_channels", latent_channels),
                            ("hyper_channels", hyper_channels)):
             if value is not None:
@@ -145,6 +159,21 @@ def _with_channels(model, channels: int):
         raise UsageError(f"--channels {channels} is fewer than the init model's {model.config.channels}; "
                          f"the transforms can only be widened")
     return with_channels(model, channels)
+
+
+def _with_latent_codec(model, latent_codec: str):
+    """The model with another latent codec: every parameter the two codecs share carried over, the new
+    codec's own parameters as it initialises them (the channel-conditional codec: zero corrections)."""
+    import dataclasses
+
+    from vaecodec.model import VAE
+
+    converted = VAE(dataclasses.replace(model.config, latent_codec=latent_codec))
+    result = converted.load_state_dict(model.state_dict(), strict=False)
+    unshared = result.missing_keys + result.unexpected_keys
+    if any(not key.startswith("latent_codec.") for key in unshared):
+        raise UsageError(f"--latent-codec {latent_codec}: the init model's parameters do not carry over")
+    return converted
 
 
 def _widened(model, latent_channels: int, data_dirs):

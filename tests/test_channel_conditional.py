@@ -16,7 +16,7 @@ from vaecodec.integer_net import (ACTIVATION_FRAC_BITS, IntegerNetwork, IntegerR
 from vaecodec.latent_codecs import Symbols
 from vaecodec.latent_codecs.channel_conditional import (ChannelConditionalCoder, ChannelConditionalLatentCodec,
                                                         channel_groups)
-from vaecodec.model import ModelConfig
+from vaecodec.model import VAE, ModelConfig
 from vaecodec.quality import index_levels
 from vaecodec.weights import model_of_weights, read_weights, save_weights, weights_of_model
 from vaecodec.zoo import weights_path
@@ -199,3 +199,39 @@ def test_zero_context_networks_code_exactly_as_the_hyperprior(tmp_path_factory):
         assert abs(len(data) - len(expected_data)) <= 4
         assert np.array_equal(np.asarray(warm_start.decompress(data)), np.asarray(hyperprior.decompress(expected_data)))
     assert warm_start.config.latent_codec == "channel-conditional"
+
+
+def test_wide_latents_and_a_lighter_synthesis_than_analysis_train_export_and_code(tmp_path):
+    """M = 320 latent channels (five groups), N = 192 in g_a and 128 in g_s: a training pass, an export, and an
+    exact round trip of real files."""
+    torch.manual_seed(0)
+    config = ModelConfig(channels=192, synthesis_channels=128, latent_channels=320, hyper_channels=64,
+                         latent_codec="channel-conditional")
+    model = VAE(config)
+    assert model.g_a[0].out_channels == 192 and model.g_s[0].out_channels == 128
+    assert model.latent_codec.groups == (16, 16, 32, 64, 192)
+    _perturb(model.latent_codec)
+    output = model(torch.rand(2, 3, 64, 64), torch.tensor([0.0, 7.0]))
+    assert output["x_hat"].shape == (2, 3, 64, 64) and output["likelihoods"]["y"].shape == (2, 320, 4, 4)
+    path = tmp_path / "wide.pt"
+    save_weights(weights_of_model(model, "wide", fp16=True, training={}), path)
+    codec = vaecodec.load(str(path), device="cpu")
+    image = crop(3, 96, 64)
+    latents = codec.encode_latents(image, 6)
+    data = codec.latents_to_bytes(latents)
+    assert codec.bytes_to_latents(data) == latents
+    assert codec.decompress(data).size == image.size
+
+
+def test_train_init_switches_latent_codec_keeping_every_shared_parameter():
+    from vaecodec_cli.training import _with_latent_codec
+
+    hyperprior = model_of_weights(read_weights(weights_path("default"))[0])
+    converted = _with_latent_codec(hyperprior, "channel-conditional")
+    assert converted.config.latent_codec == "channel-conditional"
+    state = converted.state_dict()
+    for key, value in hyperprior.state_dict().items():
+        assert torch.equal(state.pop(key), value), key
+    assert state and all(".context." in key for key in state)
+    back = _with_latent_codec(converted, "hyperprior")  # the context networks are left behind
+    assert back.state_dict().keys() == hyperprior.state_dict().keys()

@@ -27,7 +27,8 @@ STRIDE = 64  # total downsampling of z: images are padded to a multiple of this
 
 @dataclass(frozen=True)
 class ModelConfig:
-    channels: int = 96  # N: width of the analysis/synthesis transforms
+    channels: int = 96  # N: width of the analysis transform (and of the synthesis, unless set below)
+    synthesis_channels: int = 0  # N of the synthesis transform when it differs from g_a's; 0: the same
     latent_channels: int = 128  # M: channels of y
     hyper_channels: int = 96  # channels of z and of the hyper transforms
     levels: int = len(LAMBDAS)
@@ -69,7 +70,7 @@ def analysis_transform(config: ModelConfig) -> nn.Sequential:
 
 
 def synthesis_transform(config: ModelConfig) -> nn.Sequential:
-    n, m = config.channels, config.latent_channels
+    n, m = config.synthesis_channels or config.channels, config.latent_channels
     return nn.Sequential(deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
                          deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
 
