@@ -144,6 +144,11 @@ def test_range_coding_round_trips_exactly_with_escapes():
         decoder = constriction.stream.queue.RangeDecoder(encoder.get_compressed())
         decoded = coder.decode(decoder, Symbols(image.z.shape, image.y.shape), int(quality_index[i]))
         assert np.array_equal(decoded.z, image.z) and np.array_equal(decoded.y, image.y)
+        # the means kept from decoding are those the context networks give when run again
+        batch = Symbols(torch.from_numpy(decoded.z)[None], torch.from_numpy(decoded.y)[None])
+        kept = coder.dequantize(batch, quality_index[i:i + 1])
+        assert coder.decoded_means.get(decoded.z, decoded.y, int(quality_index[i])) is None  # used up
+        assert torch.equal(kept, coder.dequantize(batch, quality_index[i:i + 1]))
         bits = coder.estimated_bits(image, int(quality_index[i]))
         assert abs(32 * len(encoder.get_compressed()) - bits) < 64 + 0.01 * bits
 

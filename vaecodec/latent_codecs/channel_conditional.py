@@ -27,6 +27,10 @@ corrections, which depend on the rounded symbols themselves); whatever it choose
 the corrected means and scales.
 """
 
+import collections
+import hashlib
+import threading
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,7 +46,7 @@ from .gaussian import GaussianRate
 from .hyperprior import HyperpriorCoder, HyperpriorLatentCodec, _check_keys
 
 CONTEXT_SYMBOL_MAX = 255  # earlier groups' symbols enter the context networks clamped to this magnitude
-CONTEXT_HIDDEN = 128  # width of the context networks' hidden layers
+CONTEXT_HIDDEN = 64  # width of the context networks' hidden layers
 CONTEXT_LR_FACTOR = 10.0  # learning rate of the context networks relative to the rest of the model
 UNIT = 2**ACTIVATION_FRAC_BITS  # fixed-point unit of every context input and output
 MEAN_LIMIT = MEAN_MAX * UNIT
@@ -158,14 +162,17 @@ class ChannelConditionalCoder(HyperpriorCoder):
         if "groups" not in context or tuple(int(v) for v in context["groups"]) != self.groups:
             raise InvalidFile(f"weights: context groups do not match the {config.latent_channels} latent channels")
         self.bounds = _bounds(self.groups)
+        self.decoded_means = _MeanCache()
         input_bound = max(MEAN_LIMIT, (NUM_SCALES - 1) * UNIT, CONTEXT_SYMBOL_MAX * UNIT)
         self.context = []
         for k, (start, end) in enumerate(self.bounds[1:], 1):
             prefix = f"group{k}."
             integer = {key[len(prefix):]: value for key, value in context.items() if key.startswith(prefix)}
             try:
-                self.context.append(IntegerRunner(context_specs(end - start, start), integer, input_bound, device))
-            except (KeyError, ValueError) as error:
+                hidden = int(integer["layer0.weight"].shape[0])
+                self.context.append(IntegerRunner(context_specs(end - start, start, hidden), integer, input_bound,
+                                                  device))
+            except (KeyError, ValueError, AttributeError, IndexError) as error:
                 raise InvalidFile(f"weights: context network {k} does not fit the model ({error})") from None
 
     def _hyper(self, z_symbols: torch.Tensor, quality_index) -> tuple:
@@ -205,8 +212,15 @@ class ChannelConditionalCoder(HyperpriorCoder):
         return Symbols(z_symbols, torch.cat(symbols, 1))
 
     def dequantize(self, symbols: Symbols, quality_index) -> torch.Tensor:
-        mean_fixed, _ = self._side_all(symbols.z, symbols.y, quality_index)
-        return symbols.y.to(self.device).float() + mean_fixed.float() / UNIT
+        quality_index = torch.as_tensor(quality_index).reshape(-1)
+        means = [self.decoded_means.get(symbols.z[i], symbols.y[i], int(quality_index[i]))
+                 for i in range(len(symbols.y))]
+        if any(mean is None for mean in means):
+            mean_fixed, _ = self._side_all(symbols.z, symbols.y, quality_index)
+            mean = mean_fixed.float() / UNIT
+        else:
+            mean = torch.stack(means).to(self.device)
+        return symbols.y.to(self.device).float() + mean
 
     def _one(self, symbols: Symbols, quality_index: int) -> np.ndarray:
         """One image's scale indexes (numpy), all symbols known."""
@@ -224,14 +238,55 @@ class ChannelConditionalCoder(HyperpriorCoder):
         z_symbols = self.z.decode(decoder, shapes.z)
         mean_fixed, scale_fixed = self._hyper(torch.from_numpy(z_symbols.astype(np.int64))[None],
                                               torch.tensor([quality_index]))
-        symbols = []
+        symbols, means = [], []
         for k in range(len(self.bounds)):
             earlier = torch.from_numpy(np.concatenate(symbols))[None] if symbols else None
-            _, scale_index = self._group(k, mean_fixed, scale_fixed, earlier)
+            mean, scale_index = self._group(k, mean_fixed, scale_fixed, earlier)
             symbols.append(self.y.decode(decoder, scale_index[0].cpu().numpy()))
-        return Symbols(z_symbols, np.concatenate(symbols))
+            means.append(mean[0])
+        y_symbols = np.concatenate(symbols)
+        # the synthesis needs these means again (``dequantize``): kept rather than computed a second time
+        self.decoded_means.put(z_symbols, y_symbols, quality_index, torch.cat(means).float() / UNIT)
+        return Symbols(z_symbols, y_symbols)
 
     def code_lengths(self, symbols: Symbols, quality_index: int) -> tuple:
         z_bits, z_escapes = self.z.code_lengths(symbols.z)
         y_bits, y_escapes = self.y.code_lengths(symbols.y, self._one(symbols, quality_index))
         return Symbols(z_bits, y_bits), z_escapes + y_escapes
+
+
+class _MeanCache:
+    """The means ``decode`` computed for the last few images, found again by their symbols and quality: a
+    decoder reads the symbols and then synthesises them (``dequantize``), which would otherwise run every
+    context network a second time. Bounded in entries and in elements; safe across threads."""
+
+    ENTRIES, ELEMENTS = 16, 1 << 25
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.means = collections.OrderedDict()
+
+    @staticmethod
+    def _key(z_symbols, y_symbols, quality_index: int) -> bytes:
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(int(quality_index).to_bytes(2, "little"))
+        for part in (z_symbols, y_symbols):
+            part = part.cpu().numpy() if isinstance(part, torch.Tensor) else part
+            part = np.ascontiguousarray(part, dtype=np.int64)
+            digest.update(np.asarray(part.shape, dtype=np.int64).tobytes())
+            digest.update(part.tobytes())
+        return digest.digest()
+
+    def put(self, z_symbols, y_symbols, quality_index: int, mean: torch.Tensor):
+        if mean.numel() > self.ELEMENTS:
+            return
+        key = self._key(z_symbols, y_symbols, quality_index)
+        with self.lock:
+            self.means[key] = mean
+            while len(self.means) > self.ENTRIES or sum(m.numel() for m in self.means.values()) > self.ELEMENTS:
+                self.means.popitem(last=False)
+
+    def get(self, z_symbols, y_symbols, quality_index: int):
+        key = self._key(z_symbols, y_symbols, quality_index)
+        with self.lock:
+            return self.means.pop(key, None)
