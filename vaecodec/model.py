@@ -28,12 +28,12 @@ STRIDE = 64  # total downsampling of z: images are padded to a multiple of this
 @dataclass(frozen=True)
 class ModelConfig:
     channels: int = 96  # N: width of the analysis transform (and of the synthesis, unless set below)
-    synthesis_channels: int = 0  # N of the synthesis transform when it differs from g_a's; 0: the same
     latent_channels: int = 128  # M: channels of y
     hyper_channels: int = 96  # channels of z and of the hyper transforms
     levels: int = len(LAMBDAS)
     lambdas: tuple = LAMBDAS  # the rate-distortion trade-off each level trains for, one per level
     latent_codec: str = "hyperprior"  # type name of the latent codec (latent_codecs.LATENT_CODECS)
+    synthesis_channels: int = 0  # N of the synthesis transform when it differs from g_a's; 0: the same
 
     def __post_init__(self):
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))  # JSON gives lists
