@@ -6,7 +6,8 @@
 Both runs fine-tune the shipped weights for the same steps on the same crops (``vaecodec train --init default``
 with ``--latent-codec hyperprior`` and ``--latent-codec channel-conditional``, the same ``--steps``, ``--patch``,
 ``--batch``, ``--lr`` and seed). Each run is exported (``vaecodec export``: tails fitted, integer tables, fp16
-transforms); then every image is compressed and decompressed by both models in turn at qualities 1…8: real
+transforms); then every image is compressed and decompressed by both models in turn at qualities 1…8 (or
+``--qualities``): real
 ``.vae`` bytes, PSNR of the decoded 8-bit pixels, decode time of the whole ``decompress`` call (entropy decoding,
 integer networks and synthesis) on ``--threads`` threads. Images: the 24 Kodak photos, and the 16 photos
 ``vaecodec train`` holds out of the training folders (downscaled to a long side of 512, as
@@ -36,11 +37,11 @@ def kodak_photos(folder: str) -> list:
     return [(path.name, Image.open(path).convert("RGB")) for path in sorted(Path(folder).glob("kodim*.png"))]
 
 
-def measure(codecs: dict, photos: list) -> dict:
+def measure(codecs: dict, photos: list, qualities=QUALITIES) -> dict:
     """Per model: mean bpp and PSNR per quality, decode seconds per image per quality. The models take turns on
     every image and quality, so a change in the machine's load falls on both alike."""
     rows = {role: {"bpp": [], "psnr": [], "decode_s": []} for role in codecs}
-    for quality in QUALITIES:
+    for quality in qualities:
         values = {role: ([], [], []) for role in codecs}
         for _, image in photos:
             pixels = np.asarray(image, dtype=np.float64)
@@ -94,14 +95,18 @@ def training_summary(run_dir: Path) -> dict:
 @click.option("--weights-dir", default="/tmp/context_model", type=click.Path(file_okay=False),
               help="Where the runs' exports are written (reused if present).")
 @click.option("--threads", default=2, show_default=True)
+@click.option("--qualities", default=",".join(map(str, QUALITIES)), show_default=True,
+              help="Comma-separated qualities of the curves.")
+@click.option("--note", "notes", multiple=True, help="A line for the report's notes (repeatable).")
 @click.option("--out", default="benchmarks/results", type=click.Path(file_okay=False))
-def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, out):
+def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, qualities, notes, out):
     import torch
 
     import vaecodec
     from vaecodec.train.export import export_run
 
     torch.set_num_threads(threads)
+    qualities = [float(q) for q in qualities.split(",")]
     runs = {"hyperprior": Path(hyperprior_run), "channel-conditional": Path(context_run)}
     codecs, training = {}, {}
     for role, run_dir in runs.items():
@@ -114,11 +119,11 @@ def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, out):
         training[role] = training_summary(run_dir)
         assert codecs[role].config.latent_codec == role, (role, codecs[role].config.latent_codec)
     started = time.time()
-    results = {"kodak": summary(measure(codecs, kodak_photos(kodak))),
-               "heldout": summary(measure(codecs, held_out_photos(data, 512)))}
-    report = {"date": datetime.date.today().isoformat(), "threads": threads, "qualities": list(QUALITIES),
+    results = {"kodak": summary(measure(codecs, kodak_photos(kodak), qualities)),
+               "heldout": summary(measure(codecs, held_out_photos(data, 512), qualities))}
+    report = {"date": datetime.date.today().isoformat(), "threads": threads, "qualities": qualities,
               "training": training, "models": {role: f"{c.model_name}@{c.model_hash.hex()}" for role, c in codecs.items()},
-              "measure_seconds": round(time.time() - started), **results}
+              "measure_seconds": round(time.time() - started), "notes": list(notes), **results}
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     (out_path / "context_model.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -133,11 +138,12 @@ def markdown(report: dict) -> str:
         "",
         f"{report['date']}. Both models fine-tuned from the shipped weights ({Path(hyper['init']).name}) for "
         f"{hyper['steps']} steps on the same crops: patch {hyper['patch']} × {hyper['batch']}, lr {hyper['learning_rate']} "
-        f"(10x lower after {hyper['decay_at']:.0%} of the steps), seed {hyper['seed']}, {hyper['precision']} precision, "
-        f"{hyper['threads']} thread each, the two runs side by side on a shared 2-core CPU; the channel-conditional "
+        f"(10x lower after {hyper['decay_at']:.0%} of the steps), seed {hyper['seed']}, precision {hyper['precision']} "
+        f"(auto: bf16 autocast where the CPU has it), "
+        f"{hyper['threads']} thread each on a 2-core CPU shared with other work; the channel-conditional "
         f"model's context networks, which start at zero, learn at 10x the rate. Training time: hyperprior "
         f"{hyper['hours']:.2f} h, channel-conditional {context['hours']:.2f} h. Then real files: compress and "
-        f"decompress by both models in turn, qualities {report['qualities'][0]}…{report['qualities'][-1]}, decoded "
+        f"decompress by both models in turn at qualities {', '.join(f'{q:g}' for q in report['qualities'])}, decoded "
         f"8-bit pixels, decode = the whole `decompress` call on {report['threads']} threads (median per quality).",
         "",
         "| images | BD-rate, channel-conditional vs hyperprior (PSNR) | decode time ratio |",
@@ -155,9 +161,11 @@ def markdown(report: dict) -> str:
                   "| quality | hyperprior bpp | dB | decode s | channel-conditional bpp | dB | decode s |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for i, quality in enumerate(report["qualities"]):
-            lines.append(f"| {quality} | {a['bpp'][i]:.4f} | {a['psnr'][i]:.2f} | {a['decode_s'][i]:.3f} | "
+            lines.append(f"| {quality:g} | {a['bpp'][i]:.4f} | {a['psnr'][i]:.2f} | {a['decode_s'][i]:.3f} | "
                          f"{b['bpp'][i]:.4f} | {b['psnr'][i]:.2f} | {b['decode_s'][i]:.3f} |")
         lines.append("")
+    if report.get("notes"):
+        lines += ["## Notes", ""] + [f"- {note}" for note in report["notes"]] + [""]
     lines += ["Regenerate: `python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B "
               "--kodak ../shared/datasets/kodak --data ../shared/datasets/train`", ""]
     return "\n".join(lines)

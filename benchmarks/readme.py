@@ -35,6 +35,10 @@ FULL_RESULTS = (  # (file, what it holds, command that regenerates it)
      "python -m benchmarks.train_speed --data ../shared/datasets/train"),
     ("heldout.md", "a candidate model against the shipped one on held-out training photos",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate CANDIDATE.pt"),
+    ("context_model.md", "the channel-conditional latent codec against the hyperprior at equal training: BD-rate "
+                         "and decode time on Kodak and the held-out photos",
+     "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
+     "--data ../shared/datasets/train"),
 )
 
 

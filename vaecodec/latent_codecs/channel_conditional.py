@@ -20,7 +20,9 @@ within a group each scale table's symbols go in one vectorised constriction call
 
 The output layer of every context network starts at zero, so a model made from a trained hyperprior
 (``load_tables`` of its tables, as ``vaecodec train --init ... --latent-codec channel-conditional`` does) codes
-exactly as that hyperprior did, byte for byte, until fine-tuning moves it.
+the same symbols with the same tables as that hyperprior, until fine-tuning moves it: the same code length for
+every symbol, the same file size within the range coder's last word (the groups enter the stream in another
+order than the hyperprior's single pass, so the bytes themselves differ).
 
 Encoder-side refinement (``refine``) searches y against the hyperprior's rate (means and scales before the
 corrections, which depend on the rounded symbols themselves); whatever it chooses is then coded exactly with
@@ -35,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..entropy.coder import SYMBOL_MAX, SYMBOL_MIN
 from ..entropy.gaussian import NUM_SCALES
 from ..errors import InvalidFile
 from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_MAX, IntegerNetwork, IntegerRunner, LayerSpec,
