@@ -28,6 +28,7 @@ from PIL import Image
 
 from benchmarks.bdrate import bd_rate
 from benchmarks.heldout import held_out_photos
+from vaecodec.train.export import _log_summary
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
 ROLES = ("hyperprior", "channel-conditional")
@@ -75,13 +76,11 @@ def summary(rows: dict) -> dict:
 
 def training_summary(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    steps = [r for r in log if "time" in r]
-    seconds = steps[-1]["time"] - steps[0]["time"] if len(steps) > 1 else 0.0
-    # the logged span starts at the first logged step: add the steps before it at the run's mean rate
-    if len(steps) > 1:
-        seconds *= steps[-1]["step"] / (steps[-1]["step"] - steps[0]["step"])
-    return {"run": str(run_dir), "steps": config["steps"], "patch": config["patch"], "batch": config["batch"],
+    # time between logged steps, stops and resumes left out (as the model card counts it)
+    seconds = _log_summary(run_dir).get("training_seconds", 0.0)
+    logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if '"step"' in line]
+    steps = max((record["step"] for record in logged), default=0)  # a resumed run may have gone past config.json's
+    return {"run": str(run_dir), "steps": steps, "patch": config["patch"], "batch": config["batch"],
             "learning_rate": config["learning_rate"], "decay_at": config["decay_at"], "seed": config["seed"],
             "threads": config["threads"], "precision": config["precision"], "init": config["init"],
             "latent_codec": config["model"].get("latent_codec", "hyperprior"), "hours": round(seconds / 3600, 3)}
@@ -139,7 +138,7 @@ def markdown(report: dict) -> str:
         f"{report['date']}. Both models fine-tuned from the shipped weights ({Path(hyper['init']).name}) for "
         f"{hyper['steps']} steps on the same crops: patch {hyper['patch']} × {hyper['batch']}, lr {hyper['learning_rate']} "
         f"(10x lower after {hyper['decay_at']:.0%} of the steps), seed {hyper['seed']}, precision {hyper['precision']} "
-        f"(auto: bf16 autocast where the CPU has it), "
+        f"(bf16 autocast where the CPU has it), "
         f"{hyper['threads']} thread each on a 2-core CPU shared with other work; the channel-conditional "
         f"model's context networks, which start at zero, learn at 10x the rate. Training time: hyperprior "
         f"{hyper['hours']:.2f} h, channel-conditional {context['hours']:.2f} h. Then real files: compress and "
