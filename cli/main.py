@@ -172,10 +172,10 @@ def model_options(command):
                            help="Images coded together; default 8 on a GPU, 1 on the CPU (where batching measured "
                                 "no faster: benchmarks/results/speed.md).")(command)
     command = click.option("--workers", type=click.IntRange(min=1), default=None,
-                           help="Worker processes for several files, each with its own model. Default: for "
-                                "compress on the CPU one per core (up to 4), 1 on a GPU or with --batch-size; for "
-                                "decompress 1 (on 2 cores, workers measured faster for compress only: "
-                                "benchmarks/results/folder_jobs.md).")(command)
+                           help="Worker processes for several files, each with its own model. Default: on the CPU "
+                                "one per core (up to 4; measured 1.4x one process for compress and 2.3x for "
+                                "decompress on 2 cores: benchmarks/results/folder_jobs.md), 1 on a GPU or with "
+                                "--batch-size.")(command)
     command = click.option("--model", default="default", show_default=True,
                            help="Name of the model weights to use.")(command)
     command = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -413,7 +413,7 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
         job.seconds += seconds + time.perf_counter() - started
         return size, job.bytes_in
 
-    pool = start_workers(context, codec, workers, batch_size, count, model, by_default=False)
+    pool = start_workers(context, codec, workers, batch_size, count, model)
     with Status(count, "decompressing", enabled=not quiet) as status:
         outcomes = code_in_order(prepare_ahead(prepare, jobs, READ_AHEAD_THREADS),
                                  (lambda datas: pool.iter_decompress_timed(datas, pillow_format, save_options,
