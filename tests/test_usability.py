@@ -68,6 +68,25 @@ print("LOADED", "torch" in sys.modules, "numpy" in sys.modules)
     assert "--psnr" in done.stdout
 
 
+def test_compress_and_decompress_load_no_more_of_torch_than_the_transforms_need(tmp_path, small_png):
+    """Loading a model must not pull in torch's compiler stack (torch._dynamo, over a second per process):
+    building modules under ``torch.device("meta")`` once did."""
+    script = f"""
+import sys
+from vaecodec_cli.main import cli
+for args in (["compress", {str(small_png)!r}, "-o", {str(tmp_path / "a.vae")!r}],
+             ["decompress", {str(tmp_path / "a.vae")!r}, "-o", {str(tmp_path / "a.png")!r}]):
+    try:
+        cli(args, prog_name="vaecodec")
+    except SystemExit as done:
+        assert done.code == 0, (args, done.code)
+print("LOADED", "torch" in sys.modules, "torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "LOADED True False"
+
+
 def test_the_command_list_shows_each_lazy_command_its_own_first_line():
     for name, (_, line) in LAZY_COMMANDS.items():
         command = cli.get_command(None, name)

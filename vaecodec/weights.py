@@ -77,16 +77,16 @@ def model_config(weights: dict) -> ModelConfig:
 def load_transforms(weights: dict, config: ModelConfig, device: torch.device) -> tuple:
     """(g_a, g_s) with the stored weights, on ``device``, float32 channels-last, in eval mode, frozen.
 
-    The modules are built on the meta device and the stored tensors assigned to them, each converted once,
-    straight to the layout the transforms run in (on a busy CPU every copy waits for a free core)."""
+    The stored tensors are assigned to the modules (no copy), each converted once, straight to the layout
+    the transforms run in (on a busy CPU every copy waits for a free core). The modules are built on the CPU,
+    not under ``torch.device("meta")``: that context imports torch's compiler stack, about 1.4 s a process."""
     transforms = weights["transforms"]
     prefixes = tuple(f"{name}." for name in TRANSFORMS)
     stray = sorted(k for k in transforms if not k.startswith(prefixes))
     if stray:
         raise InvalidFile(f"weights of model {weights['name']} have unknown transform tensors ({', '.join(stray)})")
     modules = []
-    with torch.device("meta"):
-        built = (analysis_transform(config), synthesis_transform(config))
+    built = (analysis_transform(config), synthesis_transform(config))
     for name, module in zip(TRANSFORMS, built):
         state = {k[len(name) + 1:]: v.to(device, torch.float32, memory_format=torch.channels_last if v.dim() == 4
                                          else torch.preserve_format)
