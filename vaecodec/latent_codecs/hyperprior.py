@@ -22,7 +22,7 @@ from torch import nn
 from ..entropy.gaussian import NUM_SCALES
 from ..errors import InvalidFile
 from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, MEAN_GAIN_UNIT, SCALE_SHIFT_UNIT,
-                           WEIGHT_FRAC_BITS, HyperSynthesis, IntegerHyperSynthesis)
+                           HyperSynthesis, IntegerHyperSynthesis)
 from ..layers import conv
 from .base import LatentCodec, LatentCoder, Symbols
 from .factorized import FactorizedCoder, FactorizedLatentCodec
@@ -154,10 +154,7 @@ def _load_integer_tables(h_s: HyperSynthesis, tables: dict):
     quality index)."""
     from ..quality import QUALITY_INDEXES_PER_LEVEL
 
-    state = {}
-    for i, spec in enumerate(h_s.specs):
-        state[f"convs.{i}.weight"] = tables[f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS
-        state[f"convs.{i}.bias"] = tables[f"layer{i}.bias"].double() / 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
+    state = h_s.state_from_integer_tables(tables)
     state["level_scale_shift"] = tables["scale_shift"][::QUALITY_INDEXES_PER_LEVEL].double() / (
         2**ACTIVATION_FRAC_BITS * SCALE_SHIFT_UNIT)
     state["level_log_mean_gain"] = (tables["mean_gain"][::QUALITY_INDEXES_PER_LEVEL].double()
