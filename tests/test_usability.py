@@ -48,43 +48,41 @@ def files_in(folder: Path) -> set:
 
 # -- startup ----------------------------------------------------------------------------------------------------
 
-def test_help_version_and_info_import_neither_torch_nor_numpy(tmp_path, small_png):
-    vae = tmp_path / "photo.vae"
-    assert run("compress", small_png, "-o", vae).exit_code == 0
+def commands_in_a_fresh_process(commands: list, modules: tuple):
+    """Run the vaecodec commands (argument lists, each must exit 0) in one new interpreter; returns its stdout,
+    whose last line says for each of ``modules`` whether it was imported: "LOADED True False" etc."""
     script = f"""
 import sys
 from vaecodec_cli.main import cli
-for args in (["--help"], ["--version"], ["info", {str(vae)!r}], ["compress", "--help"]):
+for args in {[[str(a) for a in args] for args in commands]!r}:
     try:
         cli(args, prog_name="vaecodec")
     except SystemExit as done:
         assert done.code == 0, (args, done.code)
-print("LOADED", "torch" in sys.modules, "numpy" in sys.modules)
+print("LOADED", *(name in sys.modules for name in {list(modules)!r}))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "LOADED False False"
-    assert "quality:" in done.stdout and "send" in done.stdout and vaecodec.__version__ in done.stdout
-    assert "--psnr" in done.stdout
+    return done.stdout
+
+
+def test_help_version_and_info_import_neither_torch_nor_numpy(tmp_path, small_png):
+    vae = tmp_path / "photo.vae"
+    assert run("compress", small_png, "-o", vae).exit_code == 0
+    stdout = commands_in_a_fresh_process([["--help"], ["--version"], ["info", vae], ["compress", "--help"]],
+                                         ("torch", "numpy"))
+    assert stdout.splitlines()[-1] == "LOADED False False"
+    assert "quality:" in stdout and "send" in stdout and vaecodec.__version__ in stdout
+    assert "--psnr" in stdout
 
 
 def test_compress_and_decompress_load_no_more_of_torch_than_the_transforms_need(tmp_path, small_png):
     """Loading a model must not pull in torch's compiler stack (torch._dynamo, over a second per process):
     building modules under ``torch.device("meta")`` once did."""
-    script = f"""
-import sys
-from vaecodec_cli.main import cli
-for args in (["compress", {str(small_png)!r}, "-o", {str(tmp_path / "a.vae")!r}],
-             ["decompress", {str(tmp_path / "a.vae")!r}, "-o", {str(tmp_path / "a.png")!r}]):
-    try:
-        cli(args, prog_name="vaecodec")
-    except SystemExit as done:
-        assert done.code == 0, (args, done.code)
-print("LOADED", "torch" in sys.modules, "torch._dynamo" in sys.modules)
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "LOADED True False"
+    stdout = commands_in_a_fresh_process([["compress", small_png, "-o", tmp_path / "a.vae"],
+                                          ["decompress", tmp_path / "a.vae", "-o", tmp_path / "a.png"]],
+                                         ("torch", "torch._dynamo"))
+    assert stdout.splitlines()[-1] == "LOADED True False"
 
 
 def test_the_command_list_shows_each_lazy_command_its_own_first_line():
