@@ -52,29 +52,28 @@ def photos(folder: Path, long_side: int) -> list:
     return loaded
 
 
-def measure(codec, images: list) -> dict:
-    rows = {}
-    for quality in QUALITIES:
-        ratios, colour_psnr, gray_psnr = [], [], []
-        for _, colour in images:
-            gray = colour.convert("L")
-            colour_data, gray_data = codec.compress(colour, quality), codec.compress(gray, quality)
-            ratios.append(len(gray_data) / len(colour_data))
-            colour_psnr.append(psnr(codec.decompress(colour_data), colour))
-            gray_psnr.append(psnr(codec.decompress(gray_data), gray))
-        rows[f"vaecodec q{quality}"] = {"gray_to_colour": float(np.mean(ratios)),
-                                        "colour_psnr": float(np.mean(colour_psnr)),
-                                        "gray_psnr": float(np.mean(gray_psnr))}
+def gray_against_colour(code, images: list) -> dict:
+    """Mean gray/colour size ratio and PSNRs over the photos, for ``code(image) -> (bytes, decoded image)``."""
     ratios, colour_psnr, gray_psnr = [], [], []
     for _, colour in images:
         gray = colour.convert("L")
-        (colour_size, colour_decoded), (gray_size, gray_decoded) = jpeg(colour), jpeg(gray)
+        (colour_size, colour_decoded), (gray_size, gray_decoded) = code(colour), code(gray)
         ratios.append(gray_size / colour_size)
         colour_psnr.append(psnr(colour_decoded, colour))
         gray_psnr.append(psnr(gray_decoded, gray))
-    rows[f"JPEG q{JPEG_QUALITY} (Pillow)"] = {"gray_to_colour": float(np.mean(ratios)),
-                                             "colour_psnr": float(np.mean(colour_psnr)),
-                                             "gray_psnr": float(np.mean(gray_psnr))}
+    return {"gray_to_colour": float(np.mean(ratios)), "colour_psnr": float(np.mean(colour_psnr)),
+            "gray_psnr": float(np.mean(gray_psnr))}
+
+
+def measure(codec, images: list) -> dict:
+    def vaecodec_at(quality):
+        def code(image):
+            data = codec.compress(image, quality)
+            return len(data), codec.decompress(data)
+        return code
+
+    rows = {f"vaecodec q{quality}": gray_against_colour(vaecodec_at(quality), images) for quality in QUALITIES}
+    rows[f"JPEG q{JPEG_QUALITY} (Pillow)"] = gray_against_colour(jpeg, images)
     return rows
 
 
@@ -106,8 +105,9 @@ def main(data: Path, model: str, long_side: int, out: Path):
               "long_side": long_side, "rows": measure(codec, images)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "grayscale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "grayscale.md").write_text(report(result))
-    click.echo(report(result))
+    text = report(result)
+    (out / "grayscale.md").write_text(text)
+    click.echo(text)
 
 
 if __name__ == "__main__":

@@ -148,8 +148,8 @@ class CropPool:
 
 
 def to_gray(crops: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB crops (B, 3, H, W) -> their ITU-R 601 luma in all three channels, as Pillow's convert("L")
-    and then "RGB" would give (the codec turns a grayscale image into exactly such an RGB image)."""
+    """uint8 RGB crops (B, 3, H, W) -> their ITU-R 601 luma in all three channels: within a rounding step of
+    Pillow's convert("L") then "RGB", which is how the codec turns a grayscale image into RGB."""
     weights = torch.tensor([299, 587, 114], dtype=torch.int32)[None, :, None, None]
     luma = ((crops.int() * weights).sum(1, keepdim=True) + 500) // 1000
     return luma.to(torch.uint8).expand_as(crops).clone()
