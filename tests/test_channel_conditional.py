@@ -142,6 +142,11 @@ def test_range_coding_round_trips_exactly_with_escapes():
         image = Symbols(symbols.z[i].numpy(), symbols.y[i].numpy())
         encoder = constriction.stream.queue.RangeEncoder()
         coder.encode(encoder, image, int(quality_index[i]))
+        # the table index quantize derived (after the context corrections) is the one the symbols give again
+        known = constriction.stream.queue.RangeEncoder()
+        coder.encode(known, image, int(quality_index[i]), symbols.y_table_index[i].numpy())
+        assert np.array_equal(known.get_compressed(), encoder.get_compressed())
+        assert np.array_equal(symbols.y_table_index[i].numpy(), coder._one(image, int(quality_index[i])))
         decoder = constriction.stream.queue.RangeDecoder(encoder.get_compressed())
         decoded = coder.decode(decoder, Symbols(image.z.shape, image.y.shape), int(quality_index[i]))
         assert np.array_equal(decoded.z, image.z) and np.array_equal(decoded.y, image.y)

@@ -90,6 +90,21 @@ def test_any_symbol_value_is_encodable(codec):
     assert codec.bytes_to_latents(codec.latents_to_bytes(latents)) == latents
 
 
+def test_compress_codes_with_the_table_index_quantize_derived_as_bare_latents_derive_it(codec):
+    """quantize hands the index of each y symbol's table on to the entropy coder (no second run of h_s); from
+    bare latents the coder derives it from the symbols, as the decoder does: the same bytes and code lengths."""
+    images = [crop(i, 128, 128) for i in (2, 4, 6)]
+    for quality in (1, 5.5, 8):
+        bare = [codec.latents_to_bytes(codec.encode_latents(image, quality)) for image in images]
+        assert codec.compress_batch(images, quality, batch_size=3) == bare
+        assert codec.compress(images[0], quality) == bare[0]
+    (latents, y_table_index), = codec._iter_analysed([images[1]], 4, 1)
+    symbols, quality_index = Symbols(latents.z_symbols, latents.y_symbols), latents.header.quality_index
+    assert y_table_index.shape == latents.y_symbols.shape
+    known, derived = (codec.latent_codec.code_lengths(symbols, quality_index, index) for index in (y_table_index, None))
+    assert np.array_equal(known[0].y, derived[0].y) and known[1] == derived[1]
+
+
 def _scale_indexes(codec, latents):
     """The code length of every y symbol: a function of the tables the decoder derives from z."""
     symbols = Symbols(latents.z_symbols, latents.y_symbols)

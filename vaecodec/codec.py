@@ -53,7 +53,8 @@ class Timings:
     during batches, so the parts can add up to more than the wall time)."""
 
     transform: float = 0.0  # g_a, h_a, g_s
-    entropy: float = 0.0  # range coding, with the integer h_s that gives the coder its tables
+    entropy: float = 0.0  # range coding; decoding includes the integer h_s that gives it its tables (the
+    # encoder has them from quantizing, counted in transform)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -145,7 +146,8 @@ class Codec:
 
     @torch.no_grad()  # not inference_mode: refinement needs autograd on tensors made here
     def _analyse(self, x: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor, refine_steps: int = 0):
-        """Padded images (B, 3, H, W) of the given (height, width) sizes -> z symbols, y symbols (int64, CPU)."""
+        """Padded images (B, 3, H, W) of the given (height, width) sizes -> z symbols, y symbols, y table index
+        (int64, CPU; see ``_quantize``)."""
         x = self._on_device(x)
         return self._quantize(x, self._analysis(x), quality_index, sizes, refine_steps)
 
@@ -161,16 +163,18 @@ class Codec:
 
     def _quantize(self, x: torch.Tensor, y: torch.Tensor, quality_index: torch.Tensor, sizes: torch.Tensor,
                   refine_steps: int = 0):
-        """``_analysis`` output at the given quality indexes -> z symbols, y symbols (as ``_analyse``); ``x``
-        (the padded images on the device) is needed only for refinement."""
+        """``_analysis`` output at the given quality indexes -> z symbols, y symbols and the index of the table
+        each y symbol is coded with (the latent codec's ``Quantized``, int64 on the CPU): an image's rows of the
+        last go to ``_pack`` with its latents, so the entropy coder need not derive them again. ``x`` (the
+        padded images on the device) is needed only for refinement."""
         y = y * self.gain[quality_index][:, :, None, None]
         refine = None
         if refine_steps > 0:
             def refine(y, rate):
                 return torch.cat([self._refine(x[i:i + 1], y[i:i + 1], rate.window(slice(i, i + 1)),
                                                int(quality_index[i]), sizes[i], refine_steps) for i in range(len(y))])
-        symbols = self.latent_codec.quantize(y, quality_index, refine)
-        return symbols.z.cpu(), symbols.y.cpu()
+        quantized = self.latent_codec.quantize(y, quality_index, refine)
+        return tuple(part.cpu() for part in quantized)
 
     def _refine(self, x, y, rate, quality_index: int, size, steps: int) -> torch.Tensor:
         """One image's y after ``steps`` of encoder-side refinement (refine.py) against the latent codec's rate."""
@@ -190,10 +194,11 @@ class Codec:
         return run_tiled(g_s, y_hat.contiguous(memory_format=torch.channels_last), 1, Y_STRIDE).float()
 
     # -- entropy coding (one image) ---------------------------------------------------------------------------
-    def _entropy_encode(self, latents: Latents) -> bytes:
+    def _entropy_encode(self, latents: Latents, y_table_index=None) -> bytes:
+        """``y_table_index``: the image's rows of ``_quantize``'s, if known (None derives them; same bytes)."""
         encoder = constriction.stream.queue.RangeEncoder()
         symbols = Symbols(latents.z_symbols.astype(np.int64), latents.y_symbols.astype(np.int64))
-        self.latent_codec.encode(encoder, symbols, latents.header.quality_index)
+        self.latent_codec.encode(encoder, symbols, latents.header.quality_index, y_table_index)
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def _entropy_decode(self, payload: bytes, header: ImageHeader) -> Symbols:
@@ -210,7 +215,8 @@ class Codec:
     # -- public API: latents ----------------------------------------------------------------------------------
     def encode_latents(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> Latents:
         """Quantized latents of one image (PIL image or path); see ``compress`` for ``refine_steps``."""
-        return next(self._iter_analysed([image], quality, 1, refine_steps))
+        latents, _ = next(self._iter_analysed([image], quality, 1, refine_steps))
+        return latents
 
     def decode_latents(self, latents: Latents, max_pixels: int = DEFAULT_MAX_PIXELS):
         """Image from latents produced by ``encode_latents`` (or received with ``Latents.from_bytes``).
@@ -218,7 +224,7 @@ class Codec:
         return next(self.iter_decode_latents([latents], 1, max_pixels))
 
     def _iter_analysed(self, images, quality: float, batch_size: int, refine_steps: int = 0):
-        """Yield Latents per image."""
+        """Yield (Latents, y table index) per image: the arguments of ``_pack``."""
         try:
             quality_index = quality_to_index(float(quality))
         except (TypeError, ValueError) as error:
@@ -235,13 +241,14 @@ class Codec:
                 x = torch.cat([pad(image_to_tensor(opened[i]), STRIDE) for i in members])
                 qualities = torch.full((len(members),), quality_index, dtype=torch.long, device=self.device)
                 sizes = torch.tensor([opened[i].size[::-1] for i in members])
-                z_symbols, y_symbols = self._per_image(analyse, x, qualities, sizes)
+                z_symbols, y_symbols, y_table_index = self._per_image(analyse, x, qualities, sizes)
                 self.timings.add("transform", time.perf_counter() - started)
                 for row, i in enumerate(members):
                     image = opened[i]
                     header = ImageHeader(self.model_name, self.model_hash, quality_index, image.mode, *image.size)
-                    results[i] = Latents(header, z_symbols[row].numpy().astype(np.int16),
-                                         y_symbols[row].numpy().astype(np.int16))
+                    results[i] = (Latents(header, z_symbols[row].numpy().astype(np.int16),
+                                          y_symbols[row].numpy().astype(np.int16)),
+                                  y_table_index[row].numpy().astype(np.int16))
             yield from results
 
     def iter_decode_latents(self, latents_list, batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -272,9 +279,9 @@ class Codec:
         """Entropy-code latents into a .vae file."""
         return self._pack(latents)
 
-    def _pack(self, latents: Latents) -> bytes:
+    def _pack(self, latents: Latents, y_table_index=None) -> bytes:
         started = time.perf_counter()
-        payload = self._entropy_encode(latents)
+        payload = self._entropy_encode(latents, y_table_index)
         self.timings.add("entropy", time.perf_counter() - started)
         return container.pack(latents.header, payload)
 
@@ -304,7 +311,7 @@ class Codec:
         (smaller and/or sharper at the same quality setting; see refine.py). It is slow (each step is a
         synthesis pass forward and back), changes nothing for the decoder, and 0 is the fast default.
         """
-        return self._pack(next(self._iter_analysed([image], quality, 1, refine_steps)))
+        return self._pack(*next(self._iter_analysed([image], quality, 1, refine_steps)))
 
     def decompress(self, data, max_pixels: int = DEFAULT_MAX_PIXELS):
         """A .vae file, as bytes or a path (str or os.PathLike) -> PIL image (RGB, or L for grayscale sources).
@@ -325,8 +332,8 @@ class Codec:
         calls share it to give the same bytes and pixels by construction. ``refine_steps`` as in ``compress``.
         """
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            yield from _in_order(pool, self._pack, self._iter_analysed(images, quality, batch_size, refine_steps),
-                                 ahead=2 * batch_size)
+            yield from _in_order(pool, lambda analysed: self._pack(*analysed),
+                                 self._iter_analysed(images, quality, batch_size, refine_steps), ahead=2 * batch_size)
 
     def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS):
         """Yield images for each .vae file (bytes or path), in order; parsing and entropy decoding run ahead in
@@ -363,12 +370,12 @@ class Codec:
                 started = time.perf_counter()
                 results = list(self._iter_analysed(chunk, quality, batch_size, refine_steps))
                 seconds = time.perf_counter() - started
-                for result, share in zip(results, _pixel_shares([latents.header for latents in results])):
+                for result, share in zip(results, _pixel_shares([latents.header for latents, _ in results])):
                     yield result, share * seconds
 
         def pack(item):
             analysed_image, transform_seconds = item
-            data, seconds = _timed(self._pack, analysed_image)
+            data, seconds = _timed(self._pack, *analysed_image)
             return data, transform_seconds + seconds
 
         with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -20,6 +20,7 @@ from .container import ImageHeader, pack
 from .quality import QUALITY_INDEXES, index_to_quality
 from .errors import UsageError
 from .images import image_to_tensor, open_image, pad
+from .latent_codecs import Symbols
 from .latents import Latents
 from .model import STRIDE
 
@@ -50,25 +51,32 @@ class Search:
         with torch.no_grad():
             self.x = codec._on_device(pad(image_to_tensor(self.image), STRIDE))
             self.y = codec._analysis(self.x)
-        self.coded = {}  # quality index -> Latents
+        self.coded = {}  # quality index -> (Latents, y table index): the arguments of Codec._pack
         self.psnrs = {}  # quality index -> dB
 
-    def latents(self, index: int) -> Latents:
+    def quantized(self, index: int) -> tuple:
+        """(Latents, the index of the table each y symbol is coded with) at a quality index."""
         if index not in self.coded:
+            quality_index = torch.tensor([index], device=self.codec.device)
             with torch.no_grad():
-                z, y = self.codec._quantize(self.x, self.y, torch.tensor([index], device=self.codec.device),
-                                                         self.sizes)
+                z, y, y_table_index = self.codec._quantize(self.x, self.y, quality_index, self.sizes)
             header = ImageHeader(self.codec.model_name, self.codec.model_hash, index, self.image.mode,
                                  *self.image.size)
-            self.coded[index] = Latents(header, z[0].numpy().astype(np.int16), y[0].numpy().astype(np.int16))
+            self.coded[index] = (Latents(header, z[0].numpy().astype(np.int16), y[0].numpy().astype(np.int16)),
+                                 y_table_index[0].numpy())
         return self.coded[index]
 
+    def latents(self, index: int) -> Latents:
+        return self.quantized(index)[0]
+
     def estimated_bytes(self, index: int) -> float:
-        latents = self.latents(index)
-        return self.codec.estimated_bits(latents) / 8 + len(pack(latents.header, b""))  # payload + container
+        latents, y_table_index = self.quantized(index)
+        bits = self.codec.latent_codec.estimated_bits(Symbols(latents.z_symbols, latents.y_symbols), index,
+                                                      y_table_index)
+        return bits / 8 + len(pack(latents.header, b""))  # payload + container
 
     def file(self, index: int) -> bytes:
-        return self.codec._pack(self.latents(index))
+        return self.codec._pack(*self.quantized(index))
 
     def psnr(self, index: int) -> float:
         if index not in self.psnrs:

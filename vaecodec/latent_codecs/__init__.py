@@ -5,7 +5,7 @@ See ``base.py`` for the interface. ``LATENT_CODECS`` maps the type name a weight
 with ``register`` and is imported below.
 """
 
-from .base import LatentCodec, LatentCoder, LatentRate, Symbols
+from .base import LatentCodec, LatentCoder, LatentRate, Quantized, Symbols
 
 LATENT_CODECS = {}
 

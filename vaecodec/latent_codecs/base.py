@@ -20,7 +20,11 @@ holds part codecs, one for z (``factorized.py``) and one for y given its side in
 
 Quantization belongs to the coder, not to the caller: in a context model the symbols of later channel
 groups depend on the symbols of earlier ones. Symbols are a ``Symbols(z, y)`` pair (side information and
-latents, each an integer array; a model without side information may leave z empty).
+latents, each an integer array; a model without side information may leave z empty). ``quantize`` returns
+them as ``Quantized(z, y, y_table_index)``: with the index of the table each y symbol is coded with, which
+it derives on the way (from z, and in a context model from earlier y symbols). ``encode`` and
+``code_lengths`` take that index when the caller has it (the compress path) and derive it again from the
+symbols when not (symbols read from latents, built by hand, or decoded).
 
 A new latent codec registers its two classes in ``latent_codecs/__init__.py`` under a type name; the weights
 file names that type in its config (``weights.py``), and ``Codec`` and the trainer build it from there.
@@ -39,6 +43,16 @@ class Symbols(NamedTuple):
 
     z: object
     y: object
+
+
+class Quantized(NamedTuple):
+    """What ``LatentCoder.quantize`` gives: the symbols ``z`` and ``y`` (as in ``Symbols``) and ``y_table_index``,
+    the index of the table each y symbol is coded with (the shape of y), as ``encode`` would derive it from
+    the symbols. Batch first on the device; ``codec.py`` slices one image's rows to numpy."""
+
+    z: object
+    y: object
+    y_table_index: object
 
 
 class LatentRate:
@@ -115,29 +129,33 @@ class LatentCoder:
         raise NotImplementedError
 
     def quantize(self, y: torch.Tensor, quality_index: torch.Tensor,
-                 refine: Optional[Refinement] = None) -> Symbols:
-        """Latents y (B, M, H, W) on the device, scaled by their gain -> integer symbols (int64 tensors on
-        the device). ``refine``, if given, may move y once its rate is known, before it is rounded."""
+                 refine: Optional[Refinement] = None) -> Quantized:
+        """Latents y (B, M, H, W) on the device, scaled by their gain -> integer symbols and the y table index
+        (int64 tensors on the device). ``refine``, if given, may move y once its rate is known, before it is
+        rounded."""
         raise NotImplementedError
 
     def dequantize(self, symbols: Symbols, quality_index: torch.Tensor) -> torch.Tensor:
         """Symbols (int64 tensors, batch first) -> y_hat (float32 on the device), before the inverse gain."""
         raise NotImplementedError
 
-    def encode(self, encoder, symbols: Symbols, quality_index: int) -> None:
-        """Append one image's symbols (numpy) to a constriction range encoder."""
+    def encode(self, encoder, symbols: Symbols, quality_index: int, y_table_index=None) -> None:
+        """Append one image's symbols (numpy) to a constriction range encoder. ``y_table_index``: that image's
+        rows of ``quantize``'s, if the caller kept them (numpy, any integer type); None derives them from the
+        symbols. The bytes are the same either way."""
         raise NotImplementedError
 
     def decode(self, decoder, shapes: Symbols, quality_index: int) -> Symbols:
         """Read one image's symbols (int64 numpy arrays of ``shapes``) back from a range decoder."""
         raise NotImplementedError
 
-    def code_lengths(self, symbols: Symbols, quality_index: int) -> tuple:
+    def code_lengths(self, symbols: Symbols, quality_index: int, y_table_index=None) -> tuple:
         """(Symbols of float64 arrays: the bits each symbol costs under the table that codes it, escapes
-        included; number of escaped symbols)."""
+        included; number of escaped symbols). ``y_table_index`` as in ``encode``."""
         raise NotImplementedError
 
-    def estimated_bits(self, symbols: Symbols, quality_index: int) -> float:
-        """The information content of one image's symbols under the frozen tables."""
-        bits, _ = self.code_lengths(symbols, quality_index)
+    def estimated_bits(self, symbols: Symbols, quality_index: int, y_table_index=None) -> float:
+        """The information content of one image's symbols under the frozen tables (``y_table_index`` as in
+        ``encode``)."""
+        bits, _ = self.code_lengths(symbols, quality_index, y_table_index)
         return float(sum(np.sum(part) for part in bits))

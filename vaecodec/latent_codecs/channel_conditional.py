@@ -42,7 +42,7 @@ from ..errors import InvalidFile
 from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_MAX, IntegerNetwork, IntegerRunner, LayerSpec,
                            scale_index_of)
 from ..layers import lower_bound, round_ste
-from .base import Symbols
+from .base import Quantized, Symbols
 from .gaussian import GaussianRate
 from .hyperprior import HyperpriorCoder, HyperpriorLatentCodec, _check_keys
 
@@ -200,17 +200,18 @@ class ChannelConditionalCoder(HyperpriorCoder):
                  for k, (start, _) in enumerate(self.bounds)]
         return torch.cat([mean for mean, _ in parts], 1), torch.cat([index for _, index in parts], 1)
 
-    def quantize(self, y, quality_index, refine=None) -> Symbols:
+    def quantize(self, y, quality_index, refine=None) -> Quantized:
         z_symbols = self.z.quantize(self.h_a(y))
         mean_fixed, scale_fixed = self._hyper(z_symbols, quality_index)
         if refine is not None:
             y = refine(y, GaussianRate(mean_fixed.to(y.dtype) / UNIT, scale_index_of(scale_fixed, NUM_SCALES)))
-        symbols = []
+        symbols, scale_indexes = [], []
         for k, (start, end) in enumerate(self.bounds):
             earlier = torch.cat(symbols, 1) if symbols else None
-            group_mean, _ = self._group(k, mean_fixed, scale_fixed, earlier)
+            group_mean, group_scale_index = self._group(k, mean_fixed, scale_fixed, earlier)
             symbols.append(self.y.quantize(y[:, start:end], group_mean.to(y.dtype) / UNIT))
-        return Symbols(z_symbols, torch.cat(symbols, 1))
+            scale_indexes.append(group_scale_index)
+        return Quantized(z_symbols, torch.cat(symbols, 1), torch.cat(scale_indexes, 1))
 
     def dequantize(self, symbols: Symbols, quality_index) -> torch.Tensor:
         quality_index = torch.as_tensor(quality_index).reshape(-1)
@@ -223,15 +224,18 @@ class ChannelConditionalCoder(HyperpriorCoder):
             mean = torch.stack(means).to(self.device)
         return symbols.y.to(self.device).float() + mean
 
-    def _one(self, symbols: Symbols, quality_index: int) -> np.ndarray:
-        """One image's scale indexes (numpy), all symbols known."""
+    def _one(self, symbols: Symbols, quality_index: int, known=None) -> np.ndarray:
+        """One image's scale indexes (numpy), all symbols known: ``known`` (``quantize``'s y_table_index for
+        it) if given, else from h_s and every context network."""
+        if known is not None:
+            return known
         z = torch.from_numpy(np.asarray(symbols.z, dtype=np.int64))[None]
         y = torch.from_numpy(np.asarray(symbols.y, dtype=np.int64))[None]
         return self._side_all(z, y, torch.tensor([quality_index]))[1][0].cpu().numpy()
 
-    def encode(self, encoder, symbols: Symbols, quality_index: int):
+    def encode(self, encoder, symbols: Symbols, quality_index: int, y_table_index=None):
         self.z.encode(encoder, symbols.z)
-        scale_index = self._one(symbols, quality_index)
+        scale_index = self._one(symbols, quality_index, y_table_index)
         for start, end in self.bounds:  # the order the decoder reads them in
             self.y.encode(encoder, symbols.y[start:end], scale_index[start:end])
 
@@ -250,9 +254,9 @@ class ChannelConditionalCoder(HyperpriorCoder):
         self.decoded_means.put(z_symbols, y_symbols, quality_index, torch.cat(means).float() / UNIT)
         return Symbols(z_symbols, y_symbols)
 
-    def code_lengths(self, symbols: Symbols, quality_index: int) -> tuple:
+    def code_lengths(self, symbols: Symbols, quality_index: int, y_table_index=None) -> tuple:
         z_bits, z_escapes = self.z.code_lengths(symbols.z)
-        y_bits, y_escapes = self.y.code_lengths(symbols.y, self._one(symbols, quality_index))
+        y_bits, y_escapes = self.y.code_lengths(symbols.y, self._one(symbols, quality_index, y_table_index))
         return Symbols(z_bits, y_bits), z_escapes + y_escapes
 
 

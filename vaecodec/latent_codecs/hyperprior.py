@@ -24,7 +24,7 @@ from ..errors import InvalidFile
 from ..integer_net import (ACTIVATION_FRAC_BITS, MEAN_GAIN_FRAC_BITS, MEAN_GAIN_UNIT, SCALE_SHIFT_UNIT,
                            HyperSynthesis, IntegerHyperSynthesis)
 from ..layers import conv
-from .base import LatentCodec, LatentCoder, Symbols
+from .base import LatentCodec, LatentCoder, Quantized, Symbols
 from .factorized import FactorizedCoder, FactorizedLatentCodec
 from .gaussian import GaussianCoder, GaussianLatentCodec, GaussianRate
 
@@ -112,33 +112,36 @@ class HyperpriorCoder(LatentCoder):
         """(mean in units of 2^-ACTIVATION_FRAC_BITS, scale index), int64, from the z symbols."""
         return self.h_s.run(z_symbols, quality_index)
 
-    def _scale_index(self, z_symbols: np.ndarray, quality_index: int) -> np.ndarray:
+    def _scale_index(self, z_symbols: np.ndarray, quality_index: int, known=None) -> np.ndarray:
+        """One image's y scale indexes: ``known`` (``quantize``'s y_table_index for it) if given, else from h_s."""
+        if known is not None:
+            return known
         _, scale_index = self._side(torch.from_numpy(z_symbols.astype(np.int64))[None], torch.tensor([quality_index]))
         return scale_index[0].cpu().numpy()
 
-    def quantize(self, y, quality_index, refine=None) -> Symbols:
+    def quantize(self, y, quality_index, refine=None) -> Quantized:
         z_symbols = self.z.quantize(self.h_a(y))
         mean_fixed, scale_index = self._side(z_symbols, quality_index)
         mean = mean_fixed.to(y.dtype) / 2**ACTIVATION_FRAC_BITS
         if refine is not None:
             y = refine(y, GaussianRate(mean, scale_index))
-        return Symbols(z_symbols, self.y.quantize(y, mean))
+        return Quantized(z_symbols, self.y.quantize(y, mean), scale_index)
 
     def dequantize(self, symbols: Symbols, quality_index) -> torch.Tensor:
         mean_fixed, _ = self._side(symbols.z.to(self.device), quality_index)
         return symbols.y.to(self.device).float() + mean_fixed.float() / 2**ACTIVATION_FRAC_BITS
 
-    def encode(self, encoder, symbols: Symbols, quality_index: int):
+    def encode(self, encoder, symbols: Symbols, quality_index: int, y_table_index=None):
         self.z.encode(encoder, symbols.z)
-        self.y.encode(encoder, symbols.y, self._scale_index(symbols.z, quality_index))
+        self.y.encode(encoder, symbols.y, self._scale_index(symbols.z, quality_index, y_table_index))
 
     def decode(self, decoder, shapes: Symbols, quality_index: int) -> Symbols:
         z_symbols = self.z.decode(decoder, shapes.z)
         return Symbols(z_symbols, self.y.decode(decoder, self._scale_index(z_symbols, quality_index)))
 
-    def code_lengths(self, symbols: Symbols, quality_index: int) -> tuple:
+    def code_lengths(self, symbols: Symbols, quality_index: int, y_table_index=None) -> tuple:
         z_bits, z_escapes = self.z.code_lengths(symbols.z)
-        y_bits, y_escapes = self.y.code_lengths(symbols.y, self._scale_index(symbols.z, quality_index))
+        y_bits, y_escapes = self.y.code_lengths(symbols.y, self._scale_index(symbols.z, quality_index, y_table_index))
         return Symbols(z_bits, y_bits), z_escapes + y_escapes
 
 
