@@ -157,7 +157,7 @@ def test_the_loss_weighs_each_image_by_its_own_level_lambda():
 
 
 def test_a_new_ladder_moves_the_per_level_tables_along_their_lines_in_log_lambda():
-    from vaecodec.train.ladder import PER_LEVEL_TABLES, resample_levels, with_lambdas
+    from vaecodec.train.ladder import resample_levels, with_lambdas
 
     old = (0.001, 0.002, 0.004, 0.008)
     new = (0.00025, 0.003, 0.008, 0.032)  # below, inside, on, and above the old ladder
@@ -172,11 +172,17 @@ def test_a_new_ladder_moves_the_per_level_tables_along_their_lines_in_log_lambda
     assert torch.allclose(moved, expected, atol=1e-9)
 
     model = HyperpriorVAE(ModelConfig(8, 16, 8))
+    per_level = model.per_level_parameters()  # the model names them; its latent codec names h_s's
+    assert per_level == ("log_gain", "log_inverse_gain", "latent_codec.h_s.level_scale_shift",
+                         "latent_codec.h_s.level_log_mean_gain")
+    context = HyperpriorVAE(ModelConfig(8, 16, 8, latent_codec="channel-conditional"))
+    assert context.per_level_parameters() == per_level  # inherited by the channel-conditional codec
+    assert with_lambdas(context, (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)).config.lambdas[0] == 0.001
     ladder = tuple(v * 0.5 for v in model.config.lambdas)
     retargeted = with_lambdas(model, ladder)
     assert retargeted.config.lambdas == ladder
     for name, value in model.state_dict().items():
-        if name not in PER_LEVEL_TABLES:
+        if name not in per_level:
             assert torch.equal(retargeted.state_dict()[name], value), name
     # halving every lambda lowers every level's gain (coarser quantization, fewer bits)
     assert (retargeted.log_gain.mean(1) < model.log_gain.mean(1)).all()

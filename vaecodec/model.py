@@ -94,6 +94,12 @@ class VAE(nn.Module):
         self.log_inverse_gain = nn.Parameter(-log_step[:, None].repeat(1, config.latent_channels))
         self._register_load_state_dict_pre_hook(lambda state, prefix, *_: legacy_state_keys(state, prefix))
 
+    def per_level_parameters(self) -> tuple:
+        """Names (as in ``state_dict``) of the parameters with one row per trained level: the gains, and those
+        the latent codec names (``LatentCodec.per_level_parameters``)."""
+        return ("log_gain", "log_inverse_gain") + tuple(
+            f"latent_codec.{name}" for name in self.latent_codec.per_level_parameters())
+
     def gains(self, level: torch.Tensor):
         """Gain and inverse gain for (possibly fractional) zero-based levels, shape (B,) -> (B, M, 1, 1)."""
         log_gain = interpolate_levels(self.log_gain, level)

@@ -99,6 +99,11 @@ class LatentCodec(nn.Module):
     def auxiliary_loss(self) -> torch.Tensor:
         return torch.zeros(())
 
+    def per_level_parameters(self) -> tuple:
+        """Names, as in this module's ``state_dict``, of the parameters with one row per trained level (levels,
+        channels), which interpolate between levels: what ``train/ladder.py`` moves to a new λ ladder."""
+        return ()
+
     def finish_training(self) -> float:
         """Prepare for export (e.g. fit a prior's tails to convergence); returns the auxiliary loss."""
         return float(self.auxiliary_loss())

@@ -68,6 +68,10 @@ class HyperpriorLatentCodec(LatentCodec):
     def auxiliary_loss(self) -> torch.Tensor:
         return self.z_codec.auxiliary_loss()
 
+    def per_level_parameters(self) -> tuple:
+        """h_s's scale shift and mean gain, one row per level (it is told the level)."""
+        return ("h_s.level_scale_shift", "h_s.level_log_mean_gain")
+
     def finish_training(self) -> float:
         return self.z_codec.fit_tails()
 

@@ -1,11 +1,12 @@
 """Re-aim a trained model's quality levels at a new λ ladder before fine-tuning it (``train --init --lambdas``).
 
-Four tables have one row per level: the gains and inverse gains of y (``HyperpriorVAE``) and h_s's scale shift
-and mean gain (``HyperSynthesis``). In trained models each is close to a straight line in log λ (the gain's
-slope is near 1/2, as the quantization step ~ λ^-1/2 of high-rate theory predicts). A new ladder therefore gets
-its rows by interpolating each channel in log λ between the levels it was trained at, and by following the
-channel's least-squares line beyond them; training then starts near every new level's optimum instead of
-spending thousands of steps walking the gains there at Adam's pace.
+The model names its tables with one row per level (``VAE.per_level_parameters``): the gains and inverse gains
+of y, and those its latent codec names (the hyperprior's: h_s's scale shift and mean gain). In trained models
+each is close to a straight line in log λ (the gain's slope is near 1/2, as the quantization step ~ λ^-1/2 of
+high-rate theory predicts). A new ladder therefore gets its rows by interpolating each channel in log λ between
+the levels it was trained at, and by following the channel's least-squares line beyond them; training then
+starts near every new level's optimum instead of spending thousands of steps walking the gains there at
+Adam's pace.
 """
 
 import numpy as np
@@ -13,9 +14,6 @@ import torch
 
 from ..layers import interpolate_levels
 from ..model import HyperpriorVAE, ModelConfig
-
-PER_LEVEL_TABLES = ("log_gain", "log_inverse_gain", "latent_codec.h_s.level_scale_shift",
-                    "latent_codec.h_s.level_log_mean_gain")
 
 
 def resample_levels(table: torch.Tensor, old_lambdas, new_lambdas) -> torch.Tensor:
@@ -35,7 +33,7 @@ def with_lambdas(model: HyperpriorVAE, lambdas) -> HyperpriorVAE:
     """A copy of ``model`` trained for ``lambdas``: same transforms, per-level tables resampled."""
     config = ModelConfig(**{**model.config.to_dict(), "lambdas": tuple(lambdas)})
     state = model.state_dict()
-    for name in PER_LEVEL_TABLES:
+    for name in model.per_level_parameters():
         state[name] = resample_levels(state[name], model.config.lambdas, config.lambdas).to(state[name].dtype)
     moved = HyperpriorVAE(config)
     moved.load_state_dict(state)
