@@ -17,7 +17,7 @@ from vaecodec.latent_codecs.channel_conditional import (ChannelConditionalCoder,
                                                         channel_groups)
 from vaecodec.model import VAE, ModelConfig
 from vaecodec.quality import index_levels
-from vaecodec.weights import model_of_weights, read_weights, save_weights, weights_of_model
+from vaecodec.weights import model_of_weights, model_type, read_weights, save_weights, weights_of_model
 from vaecodec.zoo import weights_path
 
 from forged import assert_random_payloads_never_crash
@@ -191,7 +191,8 @@ def test_zero_context_networks_code_exactly_as_the_hyperprior(tmp_path_factory):
     so the same file size (within the range coder's final word: the groups are coded one after another, so
     the symbols enter the stream in another order), and the same decoded pixels."""
     hyperprior = vaecodec.load("default", device="cpu")
-    warm_start = vaecodec.load(str(_cc_weights(tmp_path_factory, perturbed=False)), device="cpu")
+    path = _cc_weights(tmp_path_factory, perturbed=False)
+    warm_start = vaecodec.load(str(path), device="cpu")
     for index, quality in ((5, 1.0), (7, 4.5), (9, 8.0)):
         image = crop(index, 128, 128)
         expected, latents = hyperprior.encode_latents(image, quality), warm_start.encode_latents(image, quality)
@@ -201,7 +202,7 @@ def test_zero_context_networks_code_exactly_as_the_hyperprior(tmp_path_factory):
         data, expected_data = warm_start.latents_to_bytes(latents), hyperprior.latents_to_bytes(expected)
         assert abs(len(data) - len(expected_data)) <= 4
         assert np.array_equal(np.asarray(warm_start.decompress(data)), np.asarray(hyperprior.decompress(expected_data)))
-    assert warm_start.config.latent_codec == "channel-conditional"
+    assert warm_start.config.latent_codec == "channel-conditional" == model_type(path)  # read without torch (info)
 
 
 def test_wide_latents_and_a_lighter_synthesis_than_analysis_train_export_and_code(tmp_path):

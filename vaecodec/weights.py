@@ -21,18 +21,27 @@ written into .vae files is the first 4 bytes of the SHA-256 of the file's bytes 
 Reading is strict: unknown or missing entries, config fields or transform tensors are an InvalidFile, never
 silently ignored. A new latent codec needs nothing here: its type name in the config selects its classes
 (``latent_codecs.LATENT_CODECS``), and its own coder checks the tables it exported.
+
+``model_type`` reads the latent codec type alone, without torch, for ``vaecodec info``: so this module
+imports torch and the model only inside the functions that make tensors or modules.
 """
+
+from __future__ import annotations
 
 import hashlib
 import os
+import pickletools
+import zipfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InvalidFile
-from .integer_net import MEAN_GAIN_FRAC_BITS
-from .model import VAE, ModelConfig, analysis_transform, synthesis_transform
 from .quality import QUALITY_INDEXES, QUALITY_INDEXES_PER_LEVEL, index_levels
+
+if TYPE_CHECKING:  # annotations only; imported where they are used
+    import torch
+
+    from .model import VAE, ModelConfig
 
 FORMAT = "vaecodec-weights/2"
 FORMAT_V1 = "vaecodec-weights/1"
@@ -44,6 +53,8 @@ TRANSFORMS = ("g_a", "g_s")
 
 def read_weights(path) -> tuple:
     """(weights dict in the version 2 layout, 4-byte model hash) of a weights file of any version."""
+    import torch
+
     data = Path(path).read_bytes()
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
@@ -60,6 +71,8 @@ def read_weights(path) -> tuple:
 
 def save_weights(weights: dict, path):
     """Write a version 2 weights dict (``format`` is added), atomically."""
+    import torch
+
     _check_keys({"format": FORMAT, **weights}, KEYS, path, "entries")
     path = Path(path)
     temporary = path.with_suffix(".pt.tmp")
@@ -68,6 +81,8 @@ def save_weights(weights: dict, path):
 
 
 def model_config(weights: dict) -> ModelConfig:
+    from .model import ModelConfig
+
     try:
         return ModelConfig(**weights["config"])
     except (TypeError, ValueError) as error:
@@ -80,6 +95,10 @@ def load_transforms(weights: dict, config: ModelConfig, device: torch.device) ->
     The stored tensors are assigned to the modules (no copy), each converted once, straight to the layout
     the transforms run in (on a busy CPU every copy waits for a free core). The modules are built on the CPU,
     not under ``torch.device("meta")``: that context imports torch's compiler stack, about 1.4 s a process."""
+    import torch
+
+    from .model import analysis_transform, synthesis_transform
+
     transforms = weights["transforms"]
     prefixes = tuple(f"{name}." for name in TRANSFORMS)
     stray = sorted(k for k in transforms if not k.startswith(prefixes))
@@ -102,6 +121,8 @@ def load_transforms(weights: dict, config: ModelConfig, device: torch.device) ->
 
 def weights_of_model(model: VAE, name: str, fp16: bool, training: dict) -> dict:
     """The version 2 weights dict of a trained model (its latent codec already prepared for export)."""
+    import torch
+
     dtype = torch.float16 if fp16 else torch.float32
     transforms = {k: v.to(dtype) for k, v in model.state_dict().items() if k.startswith(TRANSFORMS)}
     levels = index_levels()
@@ -116,6 +137,8 @@ def weights_of_model(model: VAE, name: str, fp16: bool, training: dict) -> dict:
 
 def model_of_weights(weights: dict) -> VAE:
     """A trainable float model from weights (to fine-tune them: ``vaecodec train --init``)."""
+    from .model import VAE
+
     model = VAE(model_config(weights))
     state = {k: v.float() for k, v in weights["transforms"].items()}
     state["log_gain"] = weights["gains"]["gain"][::QUALITY_INDEXES_PER_LEVEL].log()
@@ -128,6 +151,10 @@ def model_of_weights(weights: dict) -> VAE:
 
 def _from_v1(old: dict, path) -> dict:
     """The version 2 layout of a version 1 file's contents (same tensors, nested per component)."""
+    import torch
+
+    from .integer_net import MEAN_GAIN_FRAC_BITS
+
     _check_keys(old, KEYS_V1, path, "entries")
     hyper = dict(old["hyper_synthesis"])
     if "scale_shift" not in hyper:
@@ -151,6 +178,22 @@ def _from_v1(old: dict, path) -> dict:
         },
         "training": old["training"],
     }
+
+
+def model_type(path) -> str:
+    """The latent codec type a weights file names in its config, read without torch: the strings of its
+    pickled dict (``torch.save`` writes a zip holding data.pkl) are scanned, nothing is unpickled. Version 1
+    files predate the entry and are all "hyperprior" (as ``_from_v1`` reads them); "unknown" when the file
+    cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
+        strings = [arg for op, arg, _ in pickletools.genops(data) if isinstance(arg, str) and "UNICODE" in op.name]
+    except (OSError, StopIteration, ValueError, zipfile.BadZipFile):
+        return "unknown"
+    if "latent_codec" in strings[:-1]:
+        return strings[strings.index("latent_codec") + 1]
+    return "hyperprior" if FORMAT_V1 in strings[:2] else "unknown"
 
 
 def _check_keys(found: dict, expected: set, path, what: str):

@@ -11,10 +11,8 @@ folder; a file written by a release that is installed nowhere is refused with an
 
 import hashlib
 import os
-import pickletools
 import re
 import shutil
-import zipfile
 from pathlib import Path
 
 from .container import is_model_name
@@ -100,15 +98,8 @@ def save_weights(weights: dict, path):
 
 
 def model_type(path) -> str:
-    """The latent codec type a weights file names in its config (weights.py), read without torch (for
-    ``vaecodec info``): the strings of its pickled dict are scanned, nothing is unpickled. Version 1 files
-    predate the entry and are all "hyperprior"; "unknown" when the file cannot be read."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = archive.read(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
-        strings = [arg for op, arg, _ in pickletools.genops(data) if isinstance(arg, str) and "UNICODE" in op.name]
-    except (OSError, StopIteration, ValueError, zipfile.BadZipFile):
-        return "unknown"
-    if "latent_codec" in strings[:-1]:
-        return strings[strings.index("latent_codec") + 1]
-    return "hyperprior" if "vaecodec-weights/1" in strings[:2] else "unknown"
+    """The latent codec type a weights file names, read without torch (for ``vaecodec info``; see
+    ``weights.model_type``)."""
+    from .weights import model_type as read
+
+    return read(path)
