@@ -12,6 +12,12 @@ the same image and writes the file; cwebp/dwebp themselves are timed too where t
 Python process (`python -c pass`) is the floor every Python command pays, and one that imports torch the floor
 of every command that runs the model.
 
+The rows marked "(server running)" are the same commands with a `vaecodec server` running (started by the
+row "vaecodec server start", timed from the command to a server that answers, and stopped after each round),
+in a runtime directory of the benchmark's own; the other vaecodec rows run with VAECODEC_NO_SERVER=1, so a
+server the user has running changes nothing. For these rows the CPU column adds the server's CPU time to the
+client's.
+
 Writes cli_speed.json and cli_speed.md to --out.
 """
 
@@ -32,9 +38,12 @@ from pathlib import Path
 import click
 
 from benchmarks.rd import machine_info
+from vaecodec_cli import client
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak" / "kodim23.png"
 WEBP_QUALITY = 80  # cwebp's default is 75; the time hardly depends on it
+START_ROW = "vaecodec server start"
+SERVED_ROWS = ("vaecodec compress (server running)", "vaecodec decompress (server running)")
 
 
 def vaecodec_command() -> list:
@@ -55,6 +64,10 @@ def commands(image: Path, work: Path) -> dict:
         "vaecodec compress": vaecodec + ["compress", str(image), "-o", str(work / "out.vae"), "--force"],
         "vaecodec decompress": vaecodec + ["decompress", str(work / "image.vae"), "-o", str(work / "out.png"),
                                            "--force"],
+        START_ROW: vaecodec + ["server", "start"],
+        SERVED_ROWS[0]: vaecodec + ["compress", str(image), "-o", str(work / "out-served.vae"), "--force"],
+        SERVED_ROWS[1]: vaecodec + ["decompress", str(work / "image.vae"), "-o", str(work / "out-served.png"),
+                                    "--force"],
         "Pillow WebP encode (process)": [python, "-c", "import sys; from PIL import Image; "
                                          f"Image.open(sys.argv[1]).save(sys.argv[2], 'WEBP', quality={WEBP_QUALITY})",
                                          str(image), str(work / "out.webp")],
@@ -73,14 +86,49 @@ def cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(argv: list) -> tuple:
-    """(wall seconds, CPU seconds of the process: user + system, all its threads)."""
+def cpu_of_process(pid: int) -> float:
+    """CPU seconds (user + system) of a process that is not our child, with its waited-for children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def run_once(argv: list, environment: dict, server_pid: int | None = None) -> tuple:
+    """(wall seconds, CPU seconds of the process: user + system, all its threads; with ``server_pid``, plus
+    what that server spent meanwhile)."""
+    server_before = cpu_of_process(server_pid) if server_pid else 0.0
     cpu_before, started = cpu_of_children(), time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment)
     seconds, cpu = time.perf_counter() - started, cpu_of_children() - cpu_before
     if done.returncode != 0:
         raise click.ClickException(f"{' '.join(argv)} failed: {done.stderr.decode(errors='replace').strip()}")
+    if server_pid:
+        cpu += cpu_of_process(server_pid) - server_before
     return seconds, cpu
+
+
+class Server:
+    """The benchmark's own `vaecodec server`, in a private runtime directory under ``work``."""
+
+    def __init__(self, work: Path):
+        runtime = work / "runtime"
+        runtime.mkdir(mode=0o700)
+        self.directory = runtime / "vaecodec"
+        self.environment = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+        self.environment.pop(client.NO_SERVER_VARIABLE, None)
+
+    def status(self):
+        return client.ask(self.directory, "status")
+
+    def stop(self, served_rows: int | None = None) -> None:
+        """Stop it, checking first that it ran ``served_rows`` commands (none went to a process of its own)."""
+        status = self.status()
+        if status is None:
+            return
+        if served_rows is not None and status["served"] != served_rows:
+            raise click.ClickException(f"the server ran {status['served']} of {served_rows} commands, the others "
+                                       f"ran without it: were sources edited during the run?")
+        subprocess.run(vaecodec_command() + ["server", "stop"], env=self.environment, check=True,
+                       stdout=subprocess.DEVNULL)
 
 
 def measure(image: Path, repeats: int) -> dict:
@@ -92,17 +140,35 @@ def measure(image: Path, repeats: int) -> dict:
 
         Image.open(image).save(work / "image.webp", "WEBP", quality=WEBP_QUALITY)
         rows = commands(image, work)
-        for argv in rows.values():  # one warm-up each: the first run also reads files into the page cache
-            run_once(argv)
-        load_before = os.getloadavg()
+        server = Server(work)
+        own_process = {**os.environ, client.NO_SERVER_VARIABLE: "1"}
         times = {name: [] for name in rows}
         cpu = {name: [] for name in rows}
-        for _ in range(repeats):
+
+        def one_round(record: bool) -> None:
+            server_pid = None
             for name, argv in rows.items():
-                seconds, cpu_seconds = run_once(argv)
-                times[name].append(seconds)
-                cpu[name].append(cpu_seconds)
-        load_after = os.getloadavg()
+                if name == START_ROW:
+                    seconds, cpu_seconds = run_once(argv, server.environment)
+                    server_pid = server.status()["pid"]
+                    cpu_seconds += cpu_of_process(server_pid)  # its start: importing torch, loading the model
+                elif name in SERVED_ROWS:
+                    seconds, cpu_seconds = run_once(argv, server.environment, server_pid)
+                else:
+                    seconds, cpu_seconds = run_once(argv, own_process)
+                if record:
+                    times[name].append(seconds)
+                    cpu[name].append(cpu_seconds)
+            server.stop(served_rows=len(SERVED_ROWS))
+
+        try:
+            one_round(record=False)  # a warm-up: the first run also reads files into the page cache
+            load_before = os.getloadavg()
+            for _ in range(repeats):
+                one_round(record=True)
+            load_after = os.getloadavg()
+        finally:
+            server.stop()
         sizes = {"vaecodec": (work / "image.vae").stat().st_size, "webp": (work / "image.webp").stat().st_size}
     return {
         "rows": {name: {"median_s": round(statistics.median(values), 3), "min_s": round(min(values), 3),
@@ -124,7 +190,9 @@ def markdown(result: dict) -> str:
         f"image {run['image']}, {run['repeats']} runs of each command, round-robin after a warm-up. "
         f"1-minute load average {load[0]} at the start and {load[1]} at the end: on a busy machine every row is "
         f"slower than on an idle one, the ratios less so. CPU s is the process's own user + system time over "
-        f"all its threads, which a busy machine inflates much less than the wall time.",
+        f"all its threads, which a busy machine inflates much less than the wall time. The rows \"(server "
+        f"running)\" ran with a `vaecodec server` started by the row \"{START_ROW}\" (from the command to a "
+        f"server that answers: torch imported, model loaded); their CPU s adds the server's to the client's.",
         "",
         "| command | median s | min s | max s | median CPU s |",
         "|---|---:|---:|---:|---:|",

@@ -88,7 +88,11 @@ LAZY_COMMANDS = {
     "train": ("training", "Train a variable-rate model (all 8 quality levels in one run)."),
     "export": ("training", "Freeze a run into shipped weights (no optimizer state) and verify them."),
     "inspect": ("inspect", "Show where the bits of a .vae file went."),
+    "server": ("server", "Keep torch and the model loaded in a background process: faster commands."),
 }
+
+# The commands that run the model, which `main` hands to a running `vaecodec server` (client.py, server.py).
+SERVED_COMMANDS = ("compress", "decompress", "inspect")
 
 
 class Group(OneLineErrors, click.Group):
@@ -196,9 +200,14 @@ def cluster_options(command):
     return command
 
 
+# How load_codec loads a model: a `vaecodec server` sets its own, which keeps the models it loaded between the
+# commands it runs (server.Models).
+model_loader = None
+
+
 def load_codec(model: str, device: str, verbose: bool):
     started = time.perf_counter()
-    codec = vaecodec.load(name=model, device=device)
+    codec = (model_loader or vaecodec.load)(name=model, device=device)
     if verbose:
         click.echo(f"model {codec.model_name} ({codec.model_hash.hex()}) on {codec.device}, loaded in "
                    f"{time.perf_counter() - started:.2f} s", err=True)
@@ -589,6 +598,19 @@ def info_files(paths):
 
 
 def main():
+    """The `vaecodec` command: a model command goes to a running `vaecodec server` if one takes it (the same
+    command run there, its output streamed back), else runs here."""
+    args = sys.argv[1:]
+    if args[:1] and args[0] in SERVED_COMMANDS:
+        from .client import forward, wants_server
+
+        if wants_server(args):
+            try:
+                code = forward(args)
+            except KeyboardInterrupt:  # before the server started the command
+                sys.exit(INTERRUPTED_EXIT_CODE)
+            if code is not None:
+                sys.exit(code)
     cli(prog_name="vaecodec")
 
 

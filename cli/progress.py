@@ -120,6 +120,9 @@ class Status:
 
 
 def _columns() -> int:
+    forwarded = getattr(sys.stderr, "terminal_columns", None)  # a command run by `vaecodec server`: the client's
+    if forwarded:
+        return forwarded
     try:
         return os.get_terminal_size(sys.stderr.fileno()).columns or 80  # 0 on a pseudo-terminal of unset size
     except (OSError, ValueError):
