@@ -239,3 +239,29 @@ def test_train_init_switches_latent_codec_keeping_every_shared_parameter():
     assert state and all(".context." in key for key in state)
     back = _with_latent_codec(converted, "hyperprior")  # the context networks are left behind
     assert back.state_dict().keys() == hyperprior.state_dict().keys()
+
+
+def test_fresh_context_hidden_units_respond_to_their_inputs():
+    """With the scale position centred, a freshly initialised context network's first hidden units switch
+    on for some inputs and off for others. Uncentred, the typical position (about 16 table steps) dominates
+    many units' input, leaving them always off or always on; in training such units then died, and the
+    network learned no useful correction."""
+    torch.manual_seed(0)
+    codec = ChannelConditionalLatentCodec.from_config(ModelConfig(latent_channels=128))
+    network = codec.context[-1]  # the 64-channel group after 64 decoded channels
+    group, earlier = 64, 64
+    generator = torch.Generator().manual_seed(1)
+    mean = torch.randn(4, group, 8, 8, generator=generator) * 0.3
+    position = 16 + torch.randn(4, group, 8, 8, generator=generator) * 3  # typical trained positions
+    symbols = torch.randint(-2, 3, (4, earlier, 8, 8), generator=generator).float()
+
+    def switching_fraction(centre: float) -> float:
+        first = network.convs[0]
+        inputs = torch.cat([mean, position - centre, symbols], 1)
+        on = torch.nn.functional.conv2d(inputs, first.weight, first.bias, padding=1) > 0
+        per_unit = on.float().mean((0, 2, 3))
+        return float(((per_unit > 0.05) & (per_unit < 0.95)).float().mean())
+
+    from vaecodec.latent_codecs.channel_conditional import POSITION_CENTRE
+    assert switching_fraction(POSITION_CENTRE) > 0.9
+    assert switching_fraction(0.0) < 0.7  # what the centring fixes

@@ -50,6 +50,9 @@ CONTEXT_SYMBOL_MAX = 255  # earlier groups' symbols enter the context networks c
 CONTEXT_HIDDEN = 64  # width of the context networks' hidden layers
 CONTEXT_LR_FACTOR = 10.0  # learning rate of the context networks relative to the rest of the model
 UNIT = 2**ACTIVATION_FRAC_BITS  # fixed-point unit of every context input and output
+# The scale position enters the context networks centred on a typical position: uncentred, it adds the
+# same large term to every hidden unit, which then stays either always off or always on (linear).
+POSITION_CENTRE = 16
 MEAN_LIMIT = MEAN_MAX * UNIT
 
 
@@ -67,8 +70,8 @@ def channel_groups(latent_channels: int) -> tuple:
 
 def context_specs(group: int, earlier: int, hidden: int = CONTEXT_HIDDEN) -> tuple:
     """Layers of the context network of a group of ``group`` channels after ``earlier`` decoded channels.
-    Input: [h_s mean (group), h_s scale position (group), symbols of the earlier groups]; output: [mean
-    correction, scale-position correction] of the group."""
+    Input: [h_s mean (group), h_s scale position (group) minus POSITION_CENTRE, symbols of the earlier
+    groups]; output: [mean correction, scale-position correction] of the group."""
     return (
         LayerSpec(2 * group + earlier, hidden, 1, ACTIVATION_FRAC_BITS, True, kernel=3),
         LayerSpec(hidden, hidden, 1, ACTIVATION_FRAC_BITS, True, kernel=1),
@@ -110,7 +113,8 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
             group_mean, group_position = mean[:, start:end], scale_position[:, start:end]
             if k > 0:
                 context = torch.cat(symbols, 1).clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
-                correction = self.context[k - 1](group_mean, group_position, context, dtype=dtype).float()
+                correction = self.context[k - 1](group_mean, group_position - POSITION_CENTRE, context,
+                                                 dtype=dtype).float()
                 mean_correction, position_correction = correction.split(end - start, dim=1)
                 group_mean = (group_mean + mean_correction).clamp(-MEAN_MAX, MEAN_MAX)
                 group_position = lower_bound(group_position + position_correction, 0.0).clamp(max=NUM_SCALES - 1)
@@ -186,7 +190,8 @@ class ChannelConditionalCoder(HyperpriorCoder):
         mean_fixed, scale_fixed = mean_fixed[:, start:end], scale_fixed[:, start:end]
         if k > 0:
             context = earlier.to(mean_fixed.device, torch.float64).clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
-            correction = self.context[k - 1].run(torch.cat([mean_fixed, scale_fixed, context * UNIT], 1))
+            centred_scale = scale_fixed - POSITION_CENTRE * UNIT
+            correction = self.context[k - 1].run(torch.cat([mean_fixed, centred_scale, context * UNIT], 1))
             mean_correction, scale_correction = correction.split(end - start, dim=1)
             mean_fixed = (mean_fixed + mean_correction).clamp(-MEAN_LIMIT, MEAN_LIMIT)
             scale_fixed = scale_fixed + scale_correction
