@@ -167,7 +167,10 @@ def write_output(path: Path, write: Callable[[BinaryIO], None], force: bool) -> 
     buffer = io.BytesIO()  # whole, so that a failure while encoding writes nothing
     write(buffer)
     stdout = getattr(sys.stdout, "buffer", sys.stdout)
-    stdout.write(buffer.getvalue())
+    data = memoryview(buffer.getvalue())
+    while data:  # an unbuffered stdout (python -u, PYTHONUNBUFFERED) may take only part of a write into a pipe
+        written = stdout.write(data)
+        data = data[written or 0:]
     stdout.flush()
     return buffer.tell()
 

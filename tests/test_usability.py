@@ -94,6 +94,29 @@ def test_the_command_list_shows_each_lazy_command_its_own_first_line():
 
 # -- streams, formats, verbosity --------------------------------------------------------------------------------
 
+def test_standard_output_taking_part_of_each_write_gets_every_byte(monkeypatch):
+    """An unbuffered stdout (python -u, PYTHONUNBUFFERED) writes to a pipe through a raw stream, which may
+    take only part of a write; nothing may be dropped."""
+    from vaecodec_cli.files import STANDARD_STREAM, write_output
+
+    class Trickle(io.RawIOBase):  # a raw stream that takes at most 1000 bytes a call
+        def __init__(self):
+            self.received = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.received += bytes(data[:1000])
+            return min(len(data), 1000)
+
+    raw = Trickle()
+    monkeypatch.setattr(sys, "stdout", type("Stdout", (), {"buffer": raw, "isatty": lambda self: False})())
+    payload = bytes(range(256)) * 40
+    assert write_output(STANDARD_STREAM, lambda file: file.write(payload), force=False) == len(payload)
+    assert bytes(raw.received) == payload
+
+
 def test_standard_input_and_output(small_png, tmp_path):
     result = run("compress", "-", "-o", "-", input=small_png.read_bytes())
     assert result.exit_code == 0, result.output
