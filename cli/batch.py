@@ -114,6 +114,12 @@ def code_in_order(prepared: Iterable[tuple], code_many: Callable, code_one: Call
             yield job, item
 
 
+def gray_note(asked: float, coded: float) -> str:
+    """What a file's line adds when its quality is not the one asked for: a grayscale image is coded lower,
+    at the fidelity of colour at the quality asked for (vaecodec.quality.coded_quality_index)."""
+    return "" if coded == asked else f"quality {coded:g} (grayscale at the fidelity of colour quality {asked:g})"
+
+
 def without_name(message: str, name: str) -> str:
     """The message without a leading "name: ": errors from reading an image name the file, and the line
     printed for it already starts with the file's whole path."""

@@ -21,7 +21,7 @@ import vaecodec.errors
 from vaecodec.errors import UsageError, VaecodecError
 from vaecodec.ray import HEADER_COLUMNS, import_ray
 
-from .batch import error_line, exit_code_for, without_name
+from .batch import error_line, exit_code_for, gray_note, without_name
 from .files import COMPRESSED_SUFFIX, IMAGE_SUFFIXES, refuse_overwrite, walk, write_atomically
 
 PARQUET_NAME = "part-00000.parquet"
@@ -149,20 +149,24 @@ class Report:
     restarts once the cluster is reached (``connected``), as the one-process job's starts with the model
     loaded."""
 
-    def __init__(self):
+    def __init__(self, quality: float = None):
+        self.quality = quality  # asked of a compress job, for the note of a grayscale image coded lower
         self.started = time.perf_counter()
         self.images = self.bytes_in = self.bytes_out = 0
         self.bpp_sum = 0.0
         self.failed_classes = []
 
     def succeeded(self, item: Item, target_text: str, width: int, height: int, bytes_out: int,
-                  compressed_bytes: int) -> None:
+                  compressed_bytes: int, coded_quality: float = None) -> None:
         bpp = 8 * compressed_bytes / (width * height)
         self.images += 1
         self.bytes_in += item.bytes_in
         self.bytes_out += bytes_out
         self.bpp_sum += bpp
-        click.echo(f"{item.source.text} -> {target_text}: {width}x{height}, {compressed_bytes} bytes, {bpp:.3f} bpp")
+        note = gray_note(self.quality, coded_quality) if coded_quality is not None else ""
+        note = f", {note}" if note else ""
+        click.echo(f"{item.source.text} -> {target_text}: {width}x{height}, {compressed_bytes} bytes, {bpp:.3f} bpp"
+                   f"{note}")
 
     def failed(self, item: Item, error: VaecodecError | str, error_class: type = VaecodecError) -> None:
         self.failed_classes.append(type(error) if isinstance(error, VaecodecError) else error_class)
@@ -214,7 +218,7 @@ def compress_on_ray(inputs, output, quality: float, refine_steps: int, force: bo
     items = list_sources(source, IMAGE_SUFFIXES)
     if not items:
         raise UsageError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {source.text}")
-    report = Report()
+    report = Report(quality)
     if parquet:
         table_file = destination.child(PARQUET_NAME)
         if table_file.exists() and not force:
@@ -242,7 +246,8 @@ def compress_on_ray(inputs, output, quality: float, refine_steps: int, force: bo
                 except VaecodecError as error:
                     report.failed(item, error)
                     continue
-                report.succeeded(item, item.target.text, row["width"], row["height"], len(row["vae"]), len(row["vae"]))
+                report.succeeded(item, item.target.text, row["width"], row["height"], len(row["vae"]), len(row["vae"]),
+                                 row["quality"])
     return report.finish(len(items))
 
 
@@ -279,7 +284,7 @@ def write_table(rows, table_file: Location, report: Report, force: bool) -> None
             row["path"] = item.relative
             writer.write_table(pa.Table.from_pylist([{name: row[name] for name in PARQUET_COLUMNS}], schema=schema))
             report.succeeded(item, f"{table_file.text}[{item.relative}]", row["width"], row["height"],
-                             len(row["vae"]), len(row["vae"]))
+                             len(row["vae"]), len(row["vae"]), row["quality"])
         writer.close()
         if local:
             refuse_overwrite(path, force)

@@ -12,8 +12,9 @@ import click
 import numpy as np
 
 import vaecodec
-from vaecodec.container import DEFAULT_QUALITY
+from vaecodec.container import DEFAULT_QUALITY, unpack
 
+from .batch import gray_note
 from .files import write_atomically
 from .main import Command, check_quality
 
@@ -62,8 +63,9 @@ def demo(image_path, quality, out_dir, device):
     write_atomically(decoded_path, lambda file: decoded.save(file, format="PNG"), force=True)
 
     width, height = image.size
+    coded = gray_note(quality, unpack(data)[0].quality) or f"quality {quality:g}"  # gray: coded lower
     click.echo(f"model:        {codec.model_name} ({codec.model_hash.hex()}) on {codec.device}")
-    click.echo(f"image:        {image_path} ({width}x{height} {image.mode}), quality {quality:g}")
+    click.echo(f"image:        {image_path} ({width}x{height} {image.mode}), {coded}")
     click.echo(f"compressed:   {compressed_path} ({len(data)} bytes, {8 * len(data) / (width * height):.4f} bpp)")
     click.echo(f"decoded:      {decoded_path}")
     click.echo(f"PSNR:         {psnr(image, decoded):.2f} dB")

@@ -21,8 +21,9 @@ import click
 import vaecodec
 from vaecodec import container
 from vaecodec.errors import UnsupportedImage, UsageError, VaecodecError, printable
+from vaecodec.quality import GRAY_QUALITY_OFFSET, QUALITY_STEP
 
-from .batch import Tally, code_in_order, error_line, exit_code_for, prepare_ahead, start_workers
+from .batch import Tally, code_in_order, error_line, exit_code_for, gray_note, prepare_ahead, start_workers
 from .files import (COMPRESSED_SUFFIX, IMAGE_SUFFIXES, LOSSY_FORMATS, OUTPUT_FORMATS, STANDARD_STREAM, Job,
                     decoded_suffix, output_format, plan, read_input, refuse_overwrite, walk, write_output)
 from .progress import Status
@@ -32,7 +33,9 @@ INTERRUPTED_EXIT_CODE = 130  # what shells report for a process stopped by SIGIN
 # What quality 1-8 means: the shipped model's mean over the 24 Kodak photos (benchmarks/results/rd.md).
 QUALITY_HELP = ("1 (smallest files) to 8 (best quality), in steps of 0.25. On the Kodak photos: quality 1 about "
                 "0.04 bpp and 23.2 dB PSNR, 3 about 0.20 bpp / 27.5 dB, 5 about 0.65 bpp / 32.3 dB, 8 about "
-                "1.62 bpp / 34.8 dB (benchmarks/results/rd.md).")
+                "1.62 bpp / 34.8 dB (benchmarks/results/rd.md). A grayscale image is coded "
+                f"{GRAY_QUALITY_OFFSET * QUALITY_STEP:g} lower, nearer the PSNR a colour photo "
+                "gets at the quality given.")
 
 
 class OneLineErrors:
@@ -334,6 +337,8 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
         def code_one(image):
             return next(codec.iter_compress_timed([image], quality=quality, batch_size=1, refine_steps=refine_steps))
 
+    if not (max_bytes or min_psnr):
+        code_many, code_one = noting_gray(code_many, code_one, quality)
     with Status(count, "compressing", enabled=not quiet) as status:
         outcomes = code_in_order(prepare_ahead(prepare, jobs, READ_AHEAD_THREADS), code_many, code_one,
                                  status.file_started)
@@ -435,6 +440,18 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
                                  status.file_started)
         exit_code = finish(codec, status, outcomes, save, quiet, verbose, output)
     context.exit(exit_code)
+
+
+def noting_gray(code_many, code_one, quality: float) -> tuple:
+    """``code_many`` and ``code_one`` whose (data, seconds) results also carry the note of a file coded at
+    another quality than ``quality`` (a grayscale image: ``gray_note``); errors pass as they are."""
+    def noted(result):
+        if not isinstance(result, tuple):
+            return result
+        header, _ = container.unpack(result[0])
+        return (*result, gray_note(quality, header.quality))
+
+    return (lambda images: map(noted, code_many(images))), (lambda image: noted(code_one(image)))
 
 
 class Skipped(VaecodecError):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from vaecodec import container
 from vaecodec.errors import UnsupportedImage
+from vaecodec.quality import coded_quality_index, index_to_quality, quality_to_index
 from vaecodec_cli.main import cli
 
 from conftest import KODAK
@@ -74,6 +75,8 @@ def test_ray_job_writes_the_files_of_the_plain_command_and_reports_the_bad_one(l
     assert len(errors) == 1 and str(mixed_folder / "a" / "bad.png") in errors[0]
     assert "3 images, 1 failed" in result.stdout
     assert files_in(tmp_path / "vae") == files_in(plain / "vae")
+    gray_line, = [line for line in result.stdout.splitlines() if "gray.png" in line]  # noted as by the plain job
+    assert gray_line.endswith("grayscale at the fidelity of colour quality 3)")
 
     result = run("decompress", tmp_path / "vae", "-o", tmp_path / "png", "--ray")
     assert result.exit_code == 0 and not vaecodec_errors(result), result.output
@@ -90,8 +93,9 @@ def test_parquet_output_holds_the_files_and_round_trips_to_the_same_pixels(local
     for row in rows:
         assert row["vae"] == (plain / "vae" / row["path"]).with_suffix(".vae").read_bytes()
         header, _ = container.unpack(row["vae"])
+        coded = index_to_quality(coded_quality_index(quality_to_index(3), header.mode))  # gray: lower
         assert (row["width"], row["height"], row["mode"], row["quality"]) == (header.width, header.height,
-                                                                              header.mode, 3.0)
+                                                                              header.mode, coded)
         assert row["model_hash"] == header.model_hash.hex() and row["model_name"] == header.model_name
 
     result = run("decompress", tmp_path / "table", "-o", tmp_path / "png", "--ray", "--parquet")

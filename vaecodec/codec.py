@@ -28,7 +28,7 @@ from .images import image_to_tensor, open_image, pad, padded_size, tensor_to_ima
 from .latent_codecs import Symbols, coding_class
 from .latents import Latents
 from .model import STRIDE
-from .quality import DEFAULT_QUALITY, index_to_level, quality_to_index
+from .quality import DEFAULT_QUALITY, coded_quality_index, index_to_level, quality_to_index
 from .refine import level_lambda, refine_tiled
 from .tiling import TILE_UNITS, run_tiled, tiles
 from .weights import load_transforms, model_config, read_weights
@@ -213,9 +213,11 @@ class Codec:
             raise InvalidFile(f".vae payload cannot be decoded ({error})") from None
 
     # -- public API: latents ----------------------------------------------------------------------------------
-    def encode_latents(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> Latents:
-        """Quantized latents of one image (PIL image or path); see ``compress`` for ``refine_steps``."""
-        latents, _ = next(self._iter_analysed([image], quality, 1, refine_steps))
+    def encode_latents(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0, *,
+                       gray_offset: bool = True) -> Latents:
+        """Quantized latents of one image (PIL image or path), those ``compress`` entropy-codes (see it for
+        ``refine_steps`` and ``gray_offset``)."""
+        latents, _ = next(self._iter_analysed([image], quality, 1, refine_steps, gray_offset))
         return latents
 
     def decode_latents(self, latents: Latents, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -223,8 +225,10 @@ class Codec:
         Images over ``max_pixels`` are refused with ImageTooLarge (None: up to the format's limit)."""
         return next(self.iter_decode_latents([latents], 1, max_pixels))
 
-    def _iter_analysed(self, images, quality: float, batch_size: int, refine_steps: int = 0):
-        """Yield (Latents, y table index) per image: the arguments of ``_pack``."""
+    def _iter_analysed(self, images, quality: float, batch_size: int, refine_steps: int = 0,
+                       gray_offset: bool = True):
+        """Yield (Latents, y table index) per image: the arguments of ``_pack``. Each image is coded at
+        ``coded_quality_index`` of the quality's index for its mode (see ``compress``)."""
         try:
             quality_index = quality_to_index(float(quality))
         except (TypeError, ValueError) as error:
@@ -239,13 +243,14 @@ class Codec:
             for size, members in _group_by(opened, lambda im: padded_size(*im.size, STRIDE)).items():
                 started = time.perf_counter()
                 x = torch.cat([pad(image_to_tensor(opened[i]), STRIDE) for i in members])
-                qualities = torch.full((len(members),), quality_index, dtype=torch.long, device=self.device)
+                indexes = [coded_quality_index(quality_index, opened[i].mode, gray_offset) for i in members]
+                qualities = torch.tensor(indexes, dtype=torch.long, device=self.device)
                 sizes = torch.tensor([opened[i].size[::-1] for i in members])
                 z_symbols, y_symbols, y_table_index = self._per_image(analyse, x, qualities, sizes)
                 self.timings.add("transform", time.perf_counter() - started)
                 for row, i in enumerate(members):
                     image = opened[i]
-                    header = ImageHeader(self.model_name, self.model_hash, quality_index, image.mode, *image.size)
+                    header = ImageHeader(self.model_name, self.model_hash, indexes[row], image.mode, *image.size)
                     results[i] = (Latents(header, z_symbols[row].numpy().astype(np.int16),
                                           y_symbols[row].numpy().astype(np.int16)),
                                   y_table_index[row].numpy().astype(np.int16))
@@ -304,14 +309,18 @@ class Codec:
         container.check_pixels(header, max_pixels, ".vae file")
         return header
 
-    def compress(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0) -> bytes:
+    def compress(self, image, quality: float = DEFAULT_QUALITY, refine_steps: int = 0, *,
+                 gray_offset: bool = True) -> bytes:
         """One image (PIL image or path) -> bytes of a .vae file.
 
-        ``refine_steps`` > 0 spends that many gradient steps searching for latents that code this image better
-        (smaller and/or sharper at the same quality setting; see refine.py). It is slow (each step is a
-        synthesis pass forward and back), changes nothing for the decoder, and 0 is the fast default.
+        ``quality`` is a fidelity: a grayscale image is coded ``GRAY_QUALITY_OFFSET`` quality indexes lower
+        (quality.py), where its PSNR matches a colour photo's at ``quality``; the file's header holds the
+        quality used (``gray_offset=False`` codes it at ``quality`` itself). ``refine_steps`` > 0 spends that
+        many gradient steps searching for latents that code this image better (smaller and/or sharper at the
+        same quality setting; see refine.py). It is slow (each step is a synthesis pass forward and back),
+        changes nothing for the decoder, and 0 is the fast default.
         """
-        return self._pack(*next(self._iter_analysed([image], quality, 1, refine_steps)))
+        return self._pack(*next(self._iter_analysed([image], quality, 1, refine_steps, gray_offset)))
 
     def decompress(self, data, max_pixels: int = DEFAULT_MAX_PIXELS):
         """A .vae file, as bytes or a path (str or os.PathLike) -> PIL image (RGB, or L for grayscale sources).
@@ -323,17 +332,19 @@ class Codec:
         return self.decode_latents(self.bytes_to_latents(data, max_pixels), max_pixels)
 
     def iter_compress(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
-                      workers: int = 2, refine_steps: int = 0):
+                      workers: int = 2, refine_steps: int = 0, *, gray_offset: bool = True):
         """Yield .vae bytes for each image, in order.
 
         Images are read lazily, ``batch_size`` at a time; ``workers`` threads entropy-code finished latents
         while the transforms run on the next batch. The transforms always run on all of torch's threads, as
         one image at a time does: oneDNN's results can depend on the thread count, so batch and single
-        calls share it to give the same bytes and pixels by construction. ``refine_steps`` as in ``compress``.
+        calls share it to give the same bytes and pixels by construction. ``refine_steps`` and ``gray_offset``
+        as in ``compress``.
         """
         with ThreadPoolExecutor(max(1, workers)) as pool:
             yield from _in_order(pool, lambda analysed: self._pack(*analysed),
-                                 self._iter_analysed(images, quality, batch_size, refine_steps), ahead=2 * batch_size)
+                                 self._iter_analysed(images, quality, batch_size, refine_steps, gray_offset),
+                                 ahead=2 * batch_size)
 
     def iter_decompress(self, datas, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS):
         """Yield images for each .vae file (bytes or path), in order; parsing and entropy decoding run ahead in
@@ -344,8 +355,8 @@ class Codec:
             yield from self.iter_decode_latents(latents, batch_size, max_pixels)
 
     def compress_batch(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
-                       workers: int = 2, refine_steps: int = 0) -> list:
-        return list(self.iter_compress(images, quality, batch_size, workers, refine_steps))
+                       workers: int = 2, refine_steps: int = 0, *, gray_offset: bool = True) -> list:
+        return list(self.iter_compress(images, quality, batch_size, workers, refine_steps, gray_offset=gray_offset))
 
     def decompress_batch(self, datas, batch_size: int = 8, workers: int = 2,
                          max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
@@ -358,7 +369,7 @@ class Codec:
 
     # -- timed coding, for per-file times -----------------------------------------------------------------------
     def iter_compress_timed(self, images, quality: float = DEFAULT_QUALITY, batch_size: int = 8,
-                            workers: int = 2, refine_steps: int = 0):
+                            workers: int = 2, refine_steps: int = 0, *, gray_offset: bool = True):
         """As ``iter_compress`` (same bytes), yielding (bytes, seconds spent on that image): its share of the
         transforms of its batch (by pixels; a batch of one is its own time) plus its entropy coding, which
         overlaps other images' work in ``workers`` threads, so the seconds add up to more than the wall time."""
@@ -368,7 +379,7 @@ class Codec:
         def analysed():
             while chunk := list(itertools.islice(images, batch_size)):
                 started = time.perf_counter()
-                results = list(self._iter_analysed(chunk, quality, batch_size, refine_steps))
+                results = list(self._iter_analysed(chunk, quality, batch_size, refine_steps, gray_offset))
                 seconds = time.perf_counter() - started
                 for result, share in zip(results, _pixel_shares([latents.header for latents, _ in results])):
                     yield result, share * seconds

@@ -11,10 +11,12 @@ Pillow has no entry point through which an installed package could register a fo
 needed, as for pillow-heif or pillow-jxl-plugin. Opening checks the whole container (magic, version, CRC)
 without torch; the pixels are decoded on first load by the model release that wrote the file (the shipped
 one, or an archived release of it), loaded once per process. ``save`` takes ``quality`` (not JPEG's 0-100:
-anything outside 1-8 is refused) and ``refine_steps`` as ``Codec.compress`` does. ``use(codec)`` makes
-the plugin code with a codec loaded by the caller, e.g. on a GPU; by default it loads the shipped model
-with ``vaecodec.load()``. Bad files raise ``vaecodec.errors.InvalidFile`` (and subclasses) with one-line
-messages, from ``Image.open`` or, for a payload that does not decode, from ``load``.
+anything outside 1-8 is refused), ``refine_steps`` and ``gray_offset`` as ``Codec.compress`` does (a
+grayscale image is coded at a lower quality, the fidelity of colour at the quality asked for; the file's
+``info["quality"]`` is the quality used). ``use(codec)`` makes the plugin code with a codec loaded by the
+caller, e.g. on a GPU; by default it loads the shipped model with ``vaecodec.load()``. Bad files raise
+``vaecodec.errors.InvalidFile`` (and subclasses) with one-line messages, from ``Image.open`` or, for a
+payload that does not decode, from ``load``.
 """
 
 import threading
@@ -97,7 +99,8 @@ def _save(image: Image.Image, fp, filename) -> None:
     options = image.encoderinfo
     quality = options.get("quality", DEFAULT_QUALITY)
     refine_steps = options.get("refine_steps", 0)
-    data = _codec_for_saving().compress(image, quality=quality, refine_steps=refine_steps)
+    gray_offset = options.get("gray_offset", True)
+    data = _codec_for_saving().compress(image, quality=quality, refine_steps=refine_steps, gray_offset=gray_offset)
     fp.write(data)  # written only once the whole file is coded
 
 

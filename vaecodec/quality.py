@@ -7,6 +7,12 @@
   whole levels; a quality between two trained levels interpolates their tables).
 
 quality = 1 + index * QUALITY_STEP, and the trained levels sit at the whole qualities: level = quality - 1.
+
+A quality is a fidelity: a grayscale image (coded as three equal channels) reaches a higher PSNR than its
+colour original at the same quality index, so it is coded ``GRAY_QUALITY_OFFSET`` indexes lower, where its
+mean PSNR comes nearest the colour photos' at the quality asked for (``coded_quality_index``, the one place of
+that rule). The header stores the index used, so decoding never needs the rule.
+
 This module is read by the container, which must not import torch (``info`` and Pillow's ``open`` run
 without it), so torch is imported only where tensors are made.
 """
@@ -17,6 +23,13 @@ QUALITY_INDEXES_PER_LEVEL = round(1 / QUALITY_STEP)  # quality indexes from one 
 # What a user gets without choosing. With the shipped model's wide λ ladder, quality 5 lands where quality 4
 # did before the ladder was widened (see the Kodak table in the model card).
 DEFAULT_QUALITY = 5.0
+# Quality indexes (steps of QUALITY_STEP) by which a grayscale image is coded below the quality asked for, so
+# that it gets about the fidelity (mean PSNR) a colour photo gets at that quality. Calibrated for the shipped model
+# mshp-n64 684f772f on the 16 photos held out of the training folders (never Kodak), qualities 2 to 7, as the
+# offset with the smallest mean absolute PSNR difference (0.37 dB; 0.76 dB without the offset):
+# `python -m benchmarks.grayscale --calibrate` (benchmarks/results/grayscale_calibration.md). It applies to any
+# model loaded; rerun that when new weights ship.
+GRAY_QUALITY_OFFSET = 1
 
 
 def quality_to_index(quality: float) -> int:
@@ -25,6 +38,15 @@ def quality_to_index(quality: float) -> int:
     if not (0 <= index <= QUALITY_INDEXES - 1) or abs(index - round(index)) > 1e-9:
         raise ValueError(f"quality must be between 1 and 8 in steps of {QUALITY_STEP}, got {quality}")
     return round(index)
+
+
+def coded_quality_index(quality_index: int, mode: str, gray_offset: bool = True) -> int:
+    """The quality index an image of ``mode`` ("RGB" or "L") is coded at when ``quality_index`` is asked for:
+    a grayscale one ``GRAY_QUALITY_OFFSET`` lower (at least 0), the fidelity of colour at the index asked for,
+    unless ``gray_offset`` is false."""
+    if mode == "L" and gray_offset:
+        return max(0, quality_index - GRAY_QUALITY_OFFSET)
+    return quality_index
 
 
 def index_to_quality(index: int) -> float:

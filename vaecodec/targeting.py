@@ -7,7 +7,9 @@ estimated from the model's own rate (-log2 p of the symbols under the frozen tab
 the range coder); the chosen quality's file is then really coded, and if it is over the size, the next
 lower quality is tried. PSNR comes from decoding the symbols exactly as ``Codec.decompress`` would, so the
 chosen file decodes to precisely the pixels measured. The bytes are those ``Codec.compress`` writes at the
-chosen quality.
+chosen quality. A grayscale image is searched over all 29 qualities too, each coded as it is, without the
+offset ``Codec.compress`` takes from the quality asked for (quality.py): the quality chosen is the one coded
+(for a grayscale image, the bytes of ``Codec.compress(..., gray_offset=False)``).
 """
 
 from dataclasses import dataclass
