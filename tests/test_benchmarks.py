@@ -229,3 +229,64 @@ def test_model_card_commands_name_what_each_round_changed():
     assert widening == ("vaecodec train --data ../shared/datasets/train --out runs/wide --steps 50 --lr 0.0001 "
                         "--device cpu --init mshp-n64 --patch 256 --batch 4 --channels 128 --latent-channels 192 "
                         "--level-weighting 0.25")
+
+
+# ---- context probe ----
+
+TRAIN_PHOTOS = REPO.parent / "shared" / "datasets" / "train"
+
+
+def test_context_probe_report_starts_every_variant_at_no_change(tmp_path):
+    from click.testing import CliRunner
+
+    from benchmarks.context_probe import REPORTED_LEVELS, VARIANTS, main
+
+    if not TRAIN_PHOTOS.is_dir():
+        pytest.skip(f"{TRAIN_PHOTOS} not present")
+    out = tmp_path / "probe"
+    result = CliRunner().invoke(main, ["--steps", "2", "--crops", "4", "--crop", "64", "--lrp-crop", "64",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["model"]["name"] == "mshp-n64" and len(report["model"]["hash"]) == 8
+    assert report["training_crops"] == 4 and report["held_out_crops"] == 64 and report["steps"] == 2
+    assert [variant["title"] for variant in report["variants"]] == list(VARIANTS)
+    keys = [str(quality) for quality in REPORTED_LEVELS]
+    for variant in report["variants"]:
+        assert [row["step"] for row in variant["curve"]] == [0, 1, 2]
+        total = "overall" if variant["measured"] == "rate_change_percent" else "mean"
+        for crops in ("held_out", "training"):
+            changes = variant["curve"][0][crops]
+            assert set(changes) == set(keys) | {total}
+            assert all(value == 0 for value in changes.values()), variant["title"]  # output layers start at zero
+    assert report["own_context_networks"] is None  # the shipped hyperprior has none
+    text = out.with_suffix(".md").read_text()
+    assert "before any joint training" in text and all(f". {title}" in text for title in VARIANTS)
+
+
+def test_context_probe_integer_corrections_are_the_coders():
+    """The probe measures the integer context networks exactly as the channel-conditional coder runs them."""
+    import torch
+
+    from benchmarks import context_probe as probe
+    from vaecodec.latent_codecs.channel_conditional import ChannelConditionalCoder
+    from vaecodec.quality import QUALITY_INDEXES_PER_LEVEL, index_levels
+
+    model, _ = probe.load_weights("default")
+    torch.manual_seed(0)
+    variant = probe.integer_channel_context(model.config)
+    for network in variant.networks:  # corrections well away from zero, as after training
+        torch.nn.init.normal_(network.convs[-1].weight, std=0.02)
+        torch.nn.init.normal_(network.convs[-1].bias, std=0.2)
+    model.latent_codec.context = variant.networks
+    coder = ChannelConditionalCoder(model.latent_codec.export_tables(index_levels()), model.config, torch.device("cpu"))
+    texture = torch.nn.functional.interpolate(torch.rand(2, 3, 16, 16), size=128, mode="bicubic")
+    latents = probe.analyse(model, (texture.clamp(0, 1) * 255).round().to(torch.uint8))
+    for quality in (1, 5, 8):
+        side = probe.hyperprior_side(model, latents, probe.at_level(len(latents), quality), torch.float64)
+        mean, position = variant.means_and_positions(side, torch.float64)
+        assert not torch.equal(mean, side.mean) and not torch.equal(position, side.position)
+        quality_index = torch.full((len(latents),), (quality - 1) * QUALITY_INDEXES_PER_LEVEL)
+        coded = coder.quantize(side.y, quality_index)
+        assert torch.equal(coded.y, torch.round(side.y - mean).long())
+        assert torch.equal(coded.y_table_index, torch.floor(position + 0.5).long())
