@@ -39,6 +39,12 @@ FULL_RESULTS = (  # (file, what it holds, command that regenerates it)
                          "and decode time on Kodak and the held-out photos",
      "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
      "--data ../shared/datasets/train"),
+    ("context_probe.md", "what each context idea (channel groups, checkerboard, latent residual prediction) could "
+                         "save on top of the shipped model's frozen transforms: the model's rate estimate on "
+                         "held-out crops",
+     "python -m benchmarks.context_probe"),
+    ("context_probe_long_run.md", "the same on a checkpoint of the long run",
+     "python -m benchmarks.context_probe --run ../runs/cc64 --out benchmarks/results/context_probe_long_run"),
 )
 
 
