@@ -1,6 +1,6 @@
 """What each context idea could save on top of already trained transforms: the model's rate estimate, frozen.
 
-    python -m benchmarks.context_probe [--weights default | --run RUN] [--data ../shared/datasets/train]
+    python -m benchmarks.context_probe [--weights mshp-n64 | --run RUN] [--data ../shared/datasets/train]
         [--steps 600] [--crops 2000] [--seed 0] [--out benchmarks/results/context_probe]
 
 The model's transforms, gains, h_a, h_s and z prior stay frozen; only the new part of each variant is trained,
@@ -494,7 +494,7 @@ def markdown(report: dict) -> str:
 
 
 @click.command()
-@click.option("--weights", default=None, help="Shipped weights: a model name or .pt file [default: default].")
+@click.option("--weights", default=None, help="Hyperprior weights: a model name or .pt file [default: mshp-n64].")
 @click.option("--run", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A run folder: its checkpoint and config.json instead of --weights.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), show_default=True,
@@ -518,7 +518,7 @@ def main(weights, run, data, steps, crops, crop, lrp_crop, learning_rate, seed, 
         raise click.UsageError("--crop and --lrp-crop must be multiples of 64, --lrp-crop at most --crop")
     started = time.time()
     torch.set_num_threads(threads)
-    model, described = load_run(run) if run else load_weights(weights or "default")
+    model, described = load_run(run) if run else load_weights(weights or "mshp-n64")
     train_photos, held_out_photos = split_validation(list_images([data]), HELD_OUT_PHOTOS)
     if not held_out_photos:
         raise click.UsageError(f"{data} holds too few photos to hold {HELD_OUT_PHOTOS} out")
@@ -528,7 +528,7 @@ def main(weights, run, data, steps, crops, crop, lrp_crop, learning_rate, seed, 
     # the same held-out crops whatever the seed
     held_out = photo_crops(held_out_photos, HELD_OUT_CROPS_PER_PHOTO, crop, random.Random("held-out"))
     result = measure(model, training, held_out, lrp_crop, steps, learning_rate, seed)
-    command = "python -m benchmarks.context_probe " + (f"--run {run}" if run else f"--weights {weights or 'default'}")
+    command = "python -m benchmarks.context_probe " + (f"--run {run}" if run else f"--weights {weights or 'mshp-n64'}")
     command += f" --steps {steps} --crops {crops} --seed {seed} --out {out}"
     report = {"date": datetime.date.today().isoformat(), "model": described, "steps": steps, "batch": BATCH,
               "learning_rate": learning_rate, "seed": seed, "threads": threads, "levels": list(REPORTED_LEVELS),

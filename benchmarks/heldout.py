@@ -7,7 +7,7 @@ The 16 photos that ``vaecodec train`` holds out of the training folders (never t
 coded with both models at qualities 1…8: real ``.vae`` bytes, PSNR of the decoded 8-bit pixels, decode time.
 Photos are downscaled to ``--long-side`` first to keep the run short. Reports the BD-rate of the candidate
 against the reference (negative: fewer bits for the same PSNR), per-quality mean bpp and PSNR, whether PSNR
-rises at every quality step, and the decode-time ratio. Writes heldout.json and heldout.md to --out.
+rises at every quality step, and the decode-time ratio. Writes NAME.json and NAME.md (default heldout) to --out.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def measure(codec, photos) -> dict:
 @click.option("--long-side", default=512, show_default=True, help="Downscale the photos to this long side.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", default="benchmarks/results", type=click.Path(file_okay=False))
-def main(data, candidate, reference, long_side, threads, out):
+@click.option("--name", default="heldout", show_default=True, help="Writes OUT/NAME.json and OUT/NAME.md.")
+def main(data, candidate, reference, long_side, threads, out, name):
     import torch
 
     import vaecodec
@@ -74,14 +75,14 @@ def main(data, candidate, reference, long_side, threads, out):
     torch.set_num_threads(threads)
     photos = held_out_photos(data, long_side)
     curves = {}
-    for role, name in (("reference", reference), ("candidate", candidate)):
-        codec = vaecodec.load(name, device="cpu")
-        curves[role] = {"weights": name, "model": f"{codec.model_name}@{codec.model_hash.hex()[:8]}",
+    for role, weights in (("reference", reference), ("candidate", candidate)):
+        codec = vaecodec.load(weights, device="cpu")
+        curves[role] = {"weights": weights, "model": f"{codec.model_name}@{codec.model_hash.hex()[:8]}",
                         **measure(codec, photos)}
         click.echo(f"{role} {curves[role]['model']}: {curves[role]}", err=True)
     reference_curve, candidate_curve = curves["reference"], curves["candidate"]
     report = {
-        "date": datetime.date.today().isoformat(), "photos": [name for name, _ in photos], "long_side": long_side,
+        "date": datetime.date.today().isoformat(), "photos": [photo for photo, _ in photos], "long_side": long_side,
         "threads": threads, "qualities": list(QUALITIES), **curves,
         "bd_rate_percent": round(bd_rate(reference_curve["bpp"], reference_curve["psnr"],
                                          candidate_curve["bpp"], candidate_curve["psnr"]), 2),
@@ -91,7 +92,7 @@ def main(data, candidate, reference, long_side, threads, out):
     }
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    (out_path / "heldout.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_path / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Held-out photos: candidate against the shipped model",
         "",
@@ -109,8 +110,11 @@ def main(data, candidate, reference, long_side, threads, out):
     for i, quality in enumerate(QUALITIES):
         lines.append(f"| {quality} | {reference_curve['bpp'][i]:.4f} | {reference_curve['psnr'][i]:.2f} | "
                      f"{candidate_curve['bpp'][i]:.4f} | {candidate_curve['psnr'][i]:.2f} |")
-    lines += ["", "Regenerate: `python -m benchmarks.heldout --data ../shared/datasets/train --candidate WEIGHTS`", ""]
-    (out_path / "heldout.md").write_text("\n".join(lines))
+    lines += ["", "Regenerate: `python -m benchmarks.heldout --data ../shared/datasets/train --candidate "
+              f"{candidate_curve['model']} --reference {reference_curve['model']}"
+              + ("" if name == "heldout" else f" --name {name}") + "` (the weights files installed or on "
+              "VAECODEC_MODEL_PATH)", ""]
+    (out_path / f"{name}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from vaecodec.latent_codecs.channel_conditional import CONTEXT_HIDDEN, channel_groups
 from vaecodec.model import LAMBDAS, ModelConfig
 from vaecodec.zoo import read_weights, weights_path
 
@@ -54,6 +55,12 @@ def round_commands(rounds: list) -> list:
         previous_channels, previous_latents = model["channels"], model["latent_channels"]
         if run.get("level_weighting", 0.5) != 0.5:
             command += f" --level-weighting {run['level_weighting']:g}"
+        if model.get("latent_codec", "hyperprior") != "hyperprior":
+            command += f" --latent-codec {model['latent_codec']}"
+        if run.get("gray_fraction"):
+            command += f" --gray-fraction {run['gray_fraction']:g}"
+        if run.get("decay_at", 0.85) != 0.85:
+            command += f" --decay-at {run['decay_at']:g}"
         run_dir = Path(round_info["run"]).as_posix().split("/main/")[-1]
         commands.append(command.replace("--out runs/default", f"--out {run_dir}"))
     return commands
@@ -119,6 +126,27 @@ def learning_curve_lines(rounds_trained: list) -> list:
     return lines + [""]
 
 
+def summary_lines(latent_codec: str) -> list:
+    if latent_codec == "channel-conditional":
+        return ["Mean-scale hyperprior VAE (Minnen, Ballé, Toderici 2018) whose latents are coded in channel groups,",
+                "each group's mean and scale corrected by an integer context network from the groups decoded",
+                "before it (Minnen & Singh 2020, with ELIC's uneven groups, He et al. 2022); integer hyper-synthesis",
+                "and context networks (Ballé, Johnston, Minnen 2019), gain units for variable rate (Cui et al. 2021)."]
+    return ["Mean-scale hyperprior VAE (Minnen, Ballé, Toderici 2018, no context model) with an integer",
+            "hyper-synthesis (Ballé, Johnston, Minnen 2019) and gain units for variable rate (Cui et al. 2021)."]
+
+
+def context_lines(latent_codec: str, latent_channels: int) -> list:
+    if latent_codec != "channel-conditional":
+        return []
+    groups = channel_groups(latent_channels)
+    return [f"- y coded in {len(groups)} channel groups of {'/'.join(map(str, groups))} channels, one after another;"
+            f" group 1 from h_s alone, each later group through a context network: integer conv 3×3 →"
+            f" {CONTEXT_HIDDEN} → 1×1 {CONTEXT_HIDDEN} → 1×1, bounded ReLU, fed with h_s's mean and scale position"
+            f" of the group and the symbols of the groups before it, giving integer corrections of the group's"
+            f" mean and scale position"]
+
+
 def _percent(value) -> str:
     return "no overlap" if value is None or value != value else f"{value:+.1f}%"
 
@@ -126,12 +154,9 @@ def _percent(value) -> str:
 def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict, speed: dict,
            per_image: list, rounds: list = (), refine: dict = None) -> str:
     config = weights["config"]
-    lines = [
-        f"# Model card: {name}",
-        "",
-        "Mean-scale hyperprior VAE (Minnen, Ballé, Toderici 2018, no context model) with an integer",
-        "hyper-synthesis (Ballé, Johnston, Minnen 2019) and gain units for variable rate (Cui et al. 2021).",
-        "",
+    latent_codec = config.get("latent_codec", "hyperprior")
+    lines = [f"# Model card: {name}", ""] + summary_lines(latent_codec) + [""]
+    lines += [
         "## Architecture",
         f"- g_a: 4 × conv 5×5 stride 2 with GDN, widths 3 → {config['channels']} → {config['channels']} → "
         f"{config['channels']} → {config['latent_channels']} (y)",
@@ -140,6 +165,7 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         f"- h_s: integer network, 3 × (conv 3×3), 2× pixel shuffle after the first two, bounded ReLU,",
         f"  12 fractional weight bits, 6 fractional activation bits; outputs a mean and a scale index per y element,",
         f"  then per quality and channel an integer scale-index shift and a fixed-point mean gain",
+        *context_lines(latent_codec, config["latent_channels"]),
         "- z prior: non-parametric factorized density (filters 3,3,3), frozen to integer tables at export",
         "- y: Gaussian with 64 log-spaced scales 0.11…256, one integer table each (24-bit precision)",
         f"- parameters: {parameter_count(weights):,}; weights file {file_bytes / 2**20:.1f} MiB "
@@ -152,8 +178,9 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
         "wallpapers), random downscale + 256 crops, random patches (size per round below) and flips; 16 images held",
         "out for validation.",
         "Never Kodak. Loss λ·255²·MSE + bpp, each crop at a random level, weighted by (λ_mid/λ)^level_weighting;",
-        "Adam, gradient clipping 1.0,",
-        "learning rate ÷10 for the last 15% of steps; the z prior's quantiles by their own Adam.",
+        "Adam, gradient clipping 1.0; the z prior's quantiles by their own Adam. Rounds 1–5 ended with the learning",
+        "rate ÷10 for their last 15% of steps; the long runs after them keep a constant learning rate and decay it",
+        "only in a copy of the run that is exported (`--decay-at`, in the round's configuration).",
         "",
         "| round | steps | patch × batch | learning rate | hardware | wall time | command |",
         "|---|---|---|---|---|---|---|",

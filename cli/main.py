@@ -183,8 +183,9 @@ def model_options(command):
                                 "one per core (up to 4; measured 1.4x one process for compress and 2.3x for "
                                 "decompress on 2 cores: benchmarks/results/folder_jobs.md), 1 on a GPU or with "
                                 "--batch-size.")(command)
-    command = click.option("--model", default="default", show_default=True,
-                           help="Name of the model weights to use.")(command)
+    command = click.option("--model", default=None,
+                           help="Name of the model weights to use.  [default: the default model; for decompress, "
+                                "the installed release that wrote the first input]")(command)
     command = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                            show_default=True, help="Where the model runs; auto takes a GPU when there is one.")(command)
     command = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")(command)
@@ -206,6 +207,21 @@ def cluster_options(command):
 # How load_codec loads a model: a `vaecodec server` sets its own, which keeps the models it loaded between the
 # commands it runs (server.Models).
 model_loader = None
+
+
+def release_of_first_file(jobs) -> str:
+    """The installed release that wrote the first readable .vae input, else "default": files of an earlier default
+    model decode without --model. Standard input is not peeked at (it can be read only once)."""
+    for job in jobs:
+        if job.problem is None and job.source != STANDARD_STREAM:
+            try:
+                header, _ = container.unpack(job.source.read_bytes())
+            except (OSError, VaecodecError):
+                return "default"  # the job reports the problem when it reaches the file
+            from vaecodec import zoo
+
+            return zoo.installed_release(header.model_name, header.model_hash) or "default"
+    return "default"
 
 
 def load_codec(model: str, device: str, verbose: bool):
@@ -282,7 +298,8 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
         from .cluster import compress_on_ray, refuse_with_ray
 
         refuse_with_ray(ray_address, size=max_bytes, psnr=min_psnr, skip_existing=skip_existing)
-        context.exit(compress_on_ray(inputs, output, quality, refine_steps, force, model, ray_address, parquet))
+        context.exit(compress_on_ray(inputs, output, quality, refine_steps, force, model or "default", ray_address,
+                                     parquet))
     check_single_stream(inputs, output, "an image")
     count = count_jobs(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX))
     if not count:
@@ -290,6 +307,7 @@ def compress(context, inputs, output, quality, max_bytes, min_psnr, refine_steps
     if skip_existing and not force and nothing_to_do(plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX), quiet):
         context.exit(0)
     jobs = plan(inputs, output, IMAGE_SUFFIXES, COMPRESSED_SUFFIX)
+    model = model or "default"
     codec = load_codec(model, device, verbose)
 
     def prepare(job: Job):
@@ -392,7 +410,7 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
         from .cluster import decompress_on_ray, refuse_with_ray
 
         refuse_with_ray(ray_address, skip_existing=skip_existing)
-        context.exit(decompress_on_ray(inputs, output, suffix, pillow_format, save_options, force, model,
+        context.exit(decompress_on_ray(inputs, output, suffix, pillow_format, save_options, force, model or "default",
                                        ray_address, parquet))
     beside = decoded_suffix(suffix)  # photo.vae -> photo.decoded.png when written beside its input
     count = count_jobs(plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside))
@@ -400,6 +418,7 @@ def decompress(context, inputs, output, format_name, image_quality, max_pixels, 
         raise UsageError(f"no {COMPRESSED_SUFFIX} files found in {', '.join(map(str, inputs))}")
     if skip_existing and not force and nothing_to_do(plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside), quiet):
         context.exit(0)
+    model = model or release_of_first_file(plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside))
     jobs = plan(inputs, output, [COMPRESSED_SUFFIX], suffix, beside)
     codec = load_codec(model, device, verbose)
 

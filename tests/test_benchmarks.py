@@ -272,7 +272,7 @@ def test_context_probe_integer_corrections_are_the_coders():
     from vaecodec.latent_codecs.channel_conditional import ChannelConditionalCoder
     from vaecodec.quality import QUALITY_INDEXES_PER_LEVEL, index_levels
 
-    model, _ = probe.load_weights("default")
+    model, _ = probe.load_weights("mshp-n64")
     torch.manual_seed(0)
     variant = probe.integer_channel_context(model.config)
     for network in variant.networks:  # corrections well away from zero, as after training

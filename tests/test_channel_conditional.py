@@ -53,9 +53,9 @@ def _tiny():
 
 
 def _cc_weights(tmp_path_factory, perturbed: bool) -> Path:
-    """The shipped model's weights with context networks added: zero ones (a warm start, which must code as
+    """The hyperprior mshp-n64's weights with context networks added: zero ones (a warm start, which must code as
     the hyperprior does) or perturbed ones."""
-    weights, _ = read_weights(weights_path("default"))
+    weights, _ = read_weights(weights_path("mshp-n64"))
     weights["config"] = {**weights["config"], "latent_codec": "channel-conditional"}
     context = ChannelConditionalLatentCodec.from_config(ModelConfig(**weights["config"]))
     if perturbed:
@@ -67,7 +67,7 @@ def _cc_weights(tmp_path_factory, perturbed: bool) -> Path:
 
 
 def test_a_hyperprior_warm_start_trains_from_the_same_parameters_with_zero_corrections():
-    weights, _ = read_weights(weights_path("default"))
+    weights, _ = read_weights(weights_path("mshp-n64"))
     hyperprior = model_of_weights(weights)
     weights["config"] = {**weights["config"], "latent_codec": "channel-conditional"}
     warm = model_of_weights(weights)
@@ -190,7 +190,7 @@ def test_zero_context_networks_code_exactly_as_the_hyperprior(tmp_path_factory):
     """A warm start has the hyperprior's symbols, means and tables: the same code length for every symbol,
     so the same file size (within the range coder's final word: the groups are coded one after another, so
     the symbols enter the stream in another order), and the same decoded pixels."""
-    hyperprior = vaecodec.load("default", device="cpu")
+    hyperprior = vaecodec.load("mshp-n64", device="cpu")
     path = _cc_weights(tmp_path_factory, perturbed=False)
     warm_start = vaecodec.load(str(path), device="cpu")
     for index, quality in ((5, 1.0), (7, 4.5), (9, 8.0)):
@@ -230,7 +230,7 @@ def test_wide_latents_and_a_lighter_synthesis_than_analysis_train_export_and_cod
 def test_train_init_switches_latent_codec_keeping_every_shared_parameter():
     from vaecodec_cli.training import _with_latent_codec
 
-    hyperprior = model_of_weights(read_weights(weights_path("default"))[0])
+    hyperprior = model_of_weights(read_weights(weights_path("mshp-n64"))[0])
     converted = _with_latent_codec(hyperprior, "channel-conditional")
     assert converted.config.latent_codec == "channel-conditional"
     state = converted.state_dict()

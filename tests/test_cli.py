@@ -27,6 +27,7 @@ from vaecodec_cli.files import Job, write_atomically
 from vaecodec_cli.main import cli
 
 SCRIPT = Path(sys.executable).parent / "vaecodec"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -311,7 +312,7 @@ def test_info_prints_the_header_without_the_model(tmp_path, compressed, monkeypa
         "file": str(tmp_path / "photo.vae"),
         "model name": header.model_name,
         "model hash": header.model_hash.hex(),
-        "model type": "hyperprior",  # read from the installed weights file, without loading the model
+        "model type": "channel-conditional",  # read from the installed weights file, without loading the model
         "format version": "1",
         "quality": f"{container.DEFAULT_QUALITY:g}",
         "width": "96",
@@ -408,3 +409,21 @@ def test_negative_refine_steps_are_refused_before_anything_is_written(small_png,
     result = run("compress", small_png, "-o", tmp_path / "out.vae", "--refine", -1)
     assert result.exit_code == 2 and "--refine" in result.output
     assert not (tmp_path / "out.vae").exists()
+
+
+def test_files_of_the_earlier_default_model_decode_without_naming_it(tmp_path):
+    """mshp-n64 stays installed beside the newer default: `vaecodec decompress` of a file it wrote (committed,
+    from the release 684f772f) picks that release from the header, and --model default names the way out."""
+    old = tmp_path / "old.vae"
+    old.write_bytes((DATA / "mshp-n64-684f772f-q4.vae").read_bytes())
+    header = container.unpack(old.read_bytes())[0]
+    assert (header.model_name, header.model_hash.hex()) == ("mshp-n64", "684f772f")
+    assert run("decompress", old, "-o", tmp_path / "old.png").exit_code == 0
+    decoded = np.asarray(Image.open(tmp_path / "old.png")).astype(np.float64)
+    source = np.asarray(Image.open(DATA / "kodim14-crop64.png").convert("RGB")).astype(np.float64)
+    assert decoded.shape == source.shape
+    assert 10 * np.log10(255**2 / np.mean((decoded - source) ** 2)) > 26.0  # 26.55 dB when it was written
+    if vaecodec.load("default", device="cpu").model_name != "mshp-n64":
+        result = run("decompress", old, "-o", tmp_path / "again.png", "--model", "default")
+        assert result.exit_code == ModelMismatch.exit_code and "--model mshp-n64@684f772f" in result.stderr
+        assert not (tmp_path / "again.png").exists()

@@ -284,7 +284,7 @@ def test_files_of_an_earlier_release_stay_decodable(codec, tmp_path, monkeypatch
     machine, not in the package or the repository) and still decodes its files there."""
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copyfile(vaecodec.zoo.weights_path("default"), models / "mshp-n64.pt")
+    shutil.copyfile(vaecodec.zoo.weights_path("mshp-n64"), models / "mshp-n64.pt")
     monkeypatch.setenv("VAECODEC_MODEL_PATH", str(models))
     old = vaecodec.load("mshp-n64", device="cpu")
     data = old.compress(crop(14, 64, 64), 4)
@@ -305,3 +305,4 @@ def test_batch_bytes_do_not_depend_on_the_number_of_workers(codec):
     alone = [codec.compress(image, 2) for image in images]
     assert codec.compress_batch(images, 2, batch_size=2, workers=1) == alone
     assert codec.compress_batch(images, 2, batch_size=3, workers=3) == alone
+

@@ -76,7 +76,7 @@ def test_inspect_command_prints_groups_and_channels_and_writes_the_heatmap(kodim
     result = CliRunner().invoke(cli, ["inspect", str(kodim23), "--heatmap", str(tmp_path / "bits.png")])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{kodim23}: 768x512 RGB, quality 3, model mshp-n64 ({container.unpack(kodim23.read_bytes())[0].model_hash.hex()})"
+    assert lines[0] == f"{kodim23}: 768x512 RGB, quality 3, model mcc-n64 ({container.unpack(kodim23.read_bytes())[0].model_hash.hex()})"
     assert "code lengths sum to" in lines[1] and "in the payload" in lines[1]
     assert any(line.startswith("z (hyperprior)") for line in lines) and any(line.startswith("y (latents)") for line in lines)
     start = lines.index("latent channels (y), busiest first:")

@@ -31,7 +31,7 @@ def test_open_reads_the_header_and_load_decodes_like_the_api(vae_file, codec):
     vaecodec.pillow.use(codec)
     with Image.open(vae_file) as image:
         assert image.format == "VAE" and image.size == (96, 64) and image.mode == "RGB"
-        assert image.info["quality"] == 4.0 and image.info["model"] == f"mshp-n64@{codec.model_hash.hex()}"
+        assert image.info["quality"] == 4.0 and image.info["model"] == f"mcc-n64@{codec.model_hash.hex()}"
         image.load()
         assert image.tobytes() == codec.decompress(vae_file.read_bytes()).tobytes()
     from_stream = Image.open(io.BytesIO(vae_file.read_bytes()))
@@ -101,7 +101,7 @@ def test_damaged_files_raise_one_clear_error(vae_file, codec, tmp_path):
 
     foreign = dataclasses.replace(header, model_hash=b"\0\0\0\0")
     (tmp_path / "foreign.vae").write_bytes(container.pack(foreign, container.unpack(vae_file.read_bytes())[1]))
-    with pytest.raises(ModelMismatch, match="written by model mshp-n64@00000000, which is not installed"):
+    with pytest.raises(ModelMismatch, match="written by model mcc-n64@00000000, which is not installed"):
         Image.open(tmp_path / "foreign.vae").load()
 
     (tmp_path / "text.vae").write_text("not an image")

@@ -167,7 +167,7 @@ def test_quiet_prints_nothing_and_verbose_tells_where_time_went(small_png, tmp_p
     assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
     result = run("compress", small_png, "-o", tmp_path / "b.vae", "--verbose")
     assert result.exit_code == 0
-    assert "mshp-n64" in result.stderr and "entropy coding" in result.stderr and "bpp" in result.stdout
+    assert "mcc-n64" in result.stderr and "entropy coding" in result.stderr and "bpp" in result.stdout
 
 
 # -- folders ----------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from .container import is_model_name
 from .errors import ModelNotFound, printable
 
-ALIASES = {"default": "mshp-n64"}
+ALIASES = {"default": "mcc-n64"}
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 MODEL_HASH = re.compile(r"[0-9a-fA-F]{8}")
 ARCHIVE = "archive"  # sub-folder of a weights folder holding earlier releases, named <name>-<hash>.pt
