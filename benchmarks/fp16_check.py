@@ -1,6 +1,6 @@
 """PSNR cost of shipping the transforms in fp16: the shipped weights against an fp32 export of the same run.
 
-    vaecodec export runs/default -o /tmp/fp32.pt --fp32 --name mshp-n64
+    vaecodec export RUN_DIR -o /tmp/fp32.pt --fp32 --name mcc-n64   # the run the shipped default came from
     python -m benchmarks.fp16_check /tmp/fp32.pt > benchmarks/results/fp16_check.txt
 """
 
@@ -30,7 +30,8 @@ def main(fp32_weights: str):
         for quality in QUALITIES:
             gains.append(psnr(image, fp32.decompress(fp32.compress(image, quality)))
                          - psnr(image, fp16.decompress(fp16.compress(image, quality))))
-    print(f"fp32 minus fp16 PSNR: mean {np.mean(gains):.4f} dB, max {np.max(gains):.4f} dB")
+    print(f"{fp16.model_name}@{fp16.model_hash.hex()}: fp32 minus fp16 PSNR: mean {np.mean(gains):.4f} dB, "
+          f"max {np.max(gains):.4f} dB")
 
 
 if __name__ == "__main__":
