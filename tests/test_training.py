@@ -270,3 +270,17 @@ def test_train_init_can_widen_the_transforms_and_latents_of_shipped_weights(data
     assert [Path(r["run"]).name for r in history] == ["run", "wide"]
     image = Image.open(next(data_dir.glob("*.png")))
     assert codec.decompress(codec.compress(image, 8)).size == image.size
+
+
+def test_a_data_folder_without_images_is_one_error_line_and_leaves_no_run_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from vaecodec_cli.main import cli
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "notes.txt").write_text("no images here")
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "photos"), "--out", str(tmp_path / "run"),
+                                      "--steps", "2"])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert "no training images" in result.stderr and str(tmp_path / "photos") in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
 from ..model import HyperpriorVAE, ModelConfig, rate_distortion_loss
 from . import checkpoint
-from .data import CropPool, list_images, split_validation, validation_crops
+from .data import IMAGE_SUFFIXES, CropPool, list_images, split_validation, validation_crops
 
 
 @dataclass
@@ -80,6 +81,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 class Trainer:
     def __init__(self, run_dir, config: RunConfig, device="cpu", resume=False, init_state=None, files=None):
+        files = list_images(config.data) if files is None else files
+        if not files:  # also what a folder of symbolic links to folders gives: the search does not follow them
+            raise UsageError(f"no training images ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
+                             f"{', '.join(map(str, config.data))} or the folders under them")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -109,7 +114,6 @@ class Trainer:
         self.step = 0
         self.use_amp = resolve_precision(config.precision, self.device) == "bf16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
-        files = list_images(config.data) if files is None else files
         train_files, held_out = split_validation(files, config.validation_images)
         self.pool = CropPool(train_files, config.pool_crop, config.crops_per_image, config.pool_steps, config.seed,
                              device=self.device)
