@@ -140,8 +140,9 @@ def send(inputs, address, quality, model, device, timeout):
 class ReceiveServer:
     """Accepts senders on a TCP address and stores what they send in ``out_dir``, one thread per connection.
 
-    ``codec``: decode each message to PNG (images over ``max_pixels`` are refused); None stores the .vae files
-    and latents as received. Files appear atomically (a NewFile, named when complete) under a free name: this
+    ``codec``: decode each message to PNG (images over ``max_pixels`` are refused), a message written by another
+    installed release (an earlier default model) with that release; None stores the .vae files and latents as
+    received. Files appear atomically (a NewFile, named when complete) under a free name: this
     server never overwrites a file. A sender must deliver each message within ``message_timeout`` seconds of its
     first byte; beyond ``max_open_connections`` senders at once, a new one is answered NACK and closed.
     """
@@ -153,6 +154,11 @@ class ReceiveServer:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.codec, self.keep_compressed, self.max_pixels = codec, keep_compressed, max_pixels
+        self._releases = None
+        if codec is not None:
+            from vaecodec.codec import Releases  # deferred with torch: a --no-decode receiver loads no model
+
+            self._releases = Releases(codec)
         self.max_message_size, self.idle_timeout, self.message_timeout = max_message_size, idle_timeout, message_timeout
         self.max_open_connections = max_open_connections
         self._log = log or (lambda line, error: click.echo(line, err=error))
@@ -227,7 +233,8 @@ class ReceiveServer:
         source = f"{peer[0]}:{peer[1]}"
         try:
             with connection:
-                receiver = Receiver(connection, self.codec, max_message_size=self.max_message_size,
+                # no model check in the Receiver: store() decodes each message with the release that wrote it
+                receiver = Receiver(connection, max_message_size=self.max_message_size,
                                     idle_timeout=self.idle_timeout, message_timeout=self.message_timeout,
                                     max_pixels=self.max_pixels if self.codec is not None else None)
                 while not self._stopping.is_set():
@@ -272,7 +279,7 @@ class ReceiveServer:
         outputs = []  # (suffix, function writing the content to a binary file)
         if self.codec is not None:  # the Receiver has refused images over max_pixels
             with self._codec_lock:  # one decode at a time: the codec is not documented as thread-safe
-                image = message.decode(self.codec, self.max_pixels)
+                image = message.decode(self._releases.for_header(message.header), self.max_pixels)
             outputs.append((".png", lambda file: image.save(file, format="PNG")))
         if self.codec is None or self.keep_compressed:
             outputs.append((COMPRESSED_SUFFIXES[message.kind], lambda file: file.write(message.data)))

@@ -5,6 +5,7 @@ they need no model; the tests at the end compress and decode real images with ``
 Every blocking call has a timeout, so a bug shows up as a failure, not a hung test run.
 """
 
+import dataclasses
 import io
 import os
 import socket
@@ -462,6 +463,23 @@ def test_receive_server_decodes_and_keeps_vae(codec, tmp_path):
     assert vae == codec.compress(path, quality=2.0)
     decoded = Image.open(tmp_path / "out" / "small.png")
     assert np.array_equal(np.asarray(decoded), np.asarray(codec.decompress(vae)))
+
+
+def test_receive_server_decodes_a_file_of_the_earlier_default_with_that_release(codec, tmp_path):
+    """A sender with the earlier default (mshp-n64) sends its .vae file unchanged: a receiver whose model is the
+    new default decodes it with the installed mshp-n64; a file of a release installed nowhere is refused."""
+    import vaecodec
+
+    old = (Path(__file__).resolve().parent / "data" / "mshp-n64-684f772f-q4.vae").read_bytes()
+    header, payload = container.unpack(old)
+    unknown = container.pack(dataclasses.replace(header, model_hash=bytes(4)), payload)
+    with running_server(tmp_path / "out", codec=codec) as (server, lines):
+        with pytest.raises(Rejected, match="mshp-n64@00000000, which is not installed"):
+            send_all(server.address, [("unknown.vae", unknown)])
+        assert send_all(server.address, [("old.vae", old)])[0].stored_as == "old.png"
+    decoded = np.asarray(Image.open(tmp_path / "out" / "old.png"))
+    assert np.array_equal(decoded, np.asarray(vaecodec.load("mshp-n64@684f772f", device="cpu").decompress(old)))
+    assert sorted(os.listdir(tmp_path / "out")) == ["old.png"]
 
 
 def test_send_command_compresses_images(codec, tmp_path):

@@ -70,6 +70,27 @@ def load(name: str = "default", device: str = "auto") -> "Codec":
     return Codec(weights, model_hash, resolve_device(device))
 
 
+class Releases:
+    """The codec for each file: ``codec`` for the files it wrote, and for a file of another installed release (an
+    earlier default model, say) that release, loaded once on the same device. A file of a release installed
+    nowhere gets ``codec``, which refuses it with an error naming that release."""
+
+    def __init__(self, codec: "Codec"):
+        self.codec = codec
+        self._codecs = {(codec.model_name, codec.model_hash): codec}
+        self._lock = threading.Lock()
+
+    def for_header(self, header: ImageHeader) -> "Codec":
+        key = (header.model_name, header.model_hash)
+        with self._lock:
+            if key not in self._codecs:
+                release = installed_release(*key)
+                if release is None:
+                    return self.codec
+                self._codecs[key] = load(release, device=self.codec.device.type)
+            return self._codecs[key]
+
+
 class Codec:
     def __init__(self, weights: dict, model_hash: bytes, device: torch.device):
         """From a weights dict as ``weights.read_weights`` gives it (checked strictly there and here)."""
