@@ -34,7 +34,7 @@ def inspect(file, heatmap, model, device, force):
     """
     from vaecodec.codec import load  # torch only once the command runs: --help stays instant
     from vaecodec.inspect import bit_usage, heatmap as heatmap_image
-    from vaecodec.zoo import installed_release
+    from vaecodec.zoo import release_or_default
 
     if heatmap is not None:
         pillow_format, save_options = output_format(heatmap.suffix)
@@ -47,7 +47,7 @@ def inspect(file, heatmap, model, device, force):
         header, _ = container.unpack(data)
     except VaecodecError as error:
         raise type(error)(f"{file}: {error}") from None
-    codec = load(model or installed_release(header.model_name, header.model_hash) or "default", device)
+    codec = load(model or release_or_default(header), device)
     usage = bit_usage(codec, data)
     if heatmap is not None:  # before printing, so that `| head` cannot stop it
         image = heatmap_image(usage, codec.decompress(data))

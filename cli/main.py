@@ -218,9 +218,9 @@ def release_of_first_file(jobs) -> str:
                 header, _ = container.unpack(job.source.read_bytes())
             except (OSError, VaecodecError):
                 return "default"  # the job reports the problem when it reaches the file
-            from vaecodec import zoo
+            from vaecodec.zoo import release_or_default
 
-            return zoo.installed_release(header.model_name, header.model_hash) or "default"
+            return release_or_default(header)
     return "default"
 
 

@@ -158,7 +158,7 @@ class ReceiveServer:
         if codec is not None:
             from vaecodec.codec import Releases  # deferred with torch: a --no-decode receiver loads no model
 
-            self._releases = Releases(codec)
+            self._releases = Releases(codec, device=codec.device.type)
         self.max_message_size, self.idle_timeout, self.message_timeout = max_message_size, idle_timeout, message_timeout
         self.max_open_connections = max_open_connections
         self._log = log or (lambda line, error: click.echo(line, err=error))

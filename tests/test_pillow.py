@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image, UnidentifiedImageError
@@ -107,3 +108,25 @@ def test_damaged_files_raise_one_clear_error(vae_file, codec, tmp_path):
     (tmp_path / "text.vae").write_text("not an image")
     with pytest.raises(UnidentifiedImageError):
         Image.open(tmp_path / "text.vae")
+
+
+def test_a_file_of_the_earlier_default_decodes_with_it_and_saving_stays_with_the_default(tmp_path, small_png):
+    """In a fresh process: the committed mshp-n64 file decodes with the installed mshp-n64, and an image saved
+    afterwards is written by the default model, not by the release loaded for that decode."""
+    old = Path(__file__).resolve().parent / "data" / "mshp-n64-684f772f-q4.vae"
+    script = f"""
+import json
+import vaecodec.pillow
+from PIL import Image
+from vaecodec import container
+with Image.open({str(old)!r}) as image:
+    image.load()
+    decoded = [image.size, image.info["model"]]
+Image.open({str(small_png)!r}).save({str(tmp_path / "new.vae")!r})
+print(json.dumps([decoded, container.unpack(open({str(tmp_path / "new.vae")!r}, "rb").read())[0].model_name]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (size, decoded_by), saved_by = json.loads(result.stdout)
+    assert size == [64, 64] and decoded_by == "mshp-n64@684f772f"
+    assert saved_by == vaecodec.load("default", device="cpu").model_name == "mcc-n64"

@@ -71,24 +71,33 @@ def load(name: str = "default", device: str = "auto") -> "Codec":
 
 
 class Releases:
-    """The codec for each file: ``codec`` for the files it wrote, and for a file of another installed release (an
-    earlier default model, say) that release, loaded once on the same device. A file of a release installed
-    nowhere gets ``codec``, which refuses it with an error naming that release."""
+    """The codec for each file: the codec of the release that wrote it, one added or else that installed release
+    (an earlier default model, say), loaded once on ``device``. A file of a release installed nowhere gets the
+    first codec held (the default model if none), which refuses it with an error naming that release."""
 
-    def __init__(self, codec: "Codec"):
-        self.codec = codec
-        self._codecs = {(codec.model_name, codec.model_hash): codec}
+    def __init__(self, *codecs: "Codec", device: str = "auto"):
+        self.device = device
+        self._codecs = {}
         self._lock = threading.Lock()
+        for codec in codecs:
+            self.add(codec)
+
+    def add(self, codec: "Codec") -> None:
+        """Decode the files ``codec``'s weights wrote with ``codec`` itself."""
+        with self._lock:
+            self._codecs[(codec.model_name, codec.model_hash)] = codec
 
     def for_header(self, header: ImageHeader) -> "Codec":
         key = (header.model_name, header.model_hash)
         with self._lock:
             if key not in self._codecs:
                 release = installed_release(*key)
-                if release is None:
-                    return self.codec
-                self._codecs[key] = load(release, device=self.codec.device.type)
-            return self._codecs[key]
+                if release is not None:
+                    self._codecs[key] = load(release, self.device)
+                elif not self._codecs:  # the default model, to refuse the file by name
+                    default = load("default", self.device)
+                    self._codecs[(default.model_name, default.model_hash)] = default
+            return self._codecs.get(key) or next(iter(self._codecs.values()))
 
 
 class Codec:

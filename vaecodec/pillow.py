@@ -29,42 +29,44 @@ FORMAT = "VAE"
 EXTENSION = ".vae"
 MIME_TYPE = "image/x-vaecodec"
 
-_codecs = []  # codecs loaded or chosen so far; the first one is the one used for saving
-_codecs_lock = threading.Lock()
+_saving = None  # the codec that saves: the one given to use(), else the default model
+_releases = None  # a codec.Releases: the codec of each file decoded, loaded once per release
+_lock = threading.Lock()
+
+
+def _releases_held():
+    global _releases
+    if _releases is None:
+        from .codec import Releases  # torch is imported only here, when pixels are needed
+
+        _releases = Releases()
+    return _releases
 
 
 def use(codec) -> None:
     """Code with ``codec`` (a ``vaecodec.Codec``) from now on: saving always, decoding for files it wrote."""
-    with _codecs_lock:
-        if codec in _codecs:
-            _codecs.remove(codec)
-        _codecs.insert(0, codec)
+    global _saving
+    with _lock:
+        _saving = codec
+        _releases_held().add(codec)
 
 
 def _codec_for_saving():
-    with _codecs_lock:
-        if not _codecs:
-            from .codec import load  # torch is imported only here, when pixels are needed
+    global _saving
+    with _lock:
+        if _saving is None:
+            from .codec import load
 
-            _codecs.append(load())
-        return _codecs[0]
+            _saving = load()
+            _releases_held().add(_saving)
+        return _saving
 
 
 def _codec_for(header):
-    """A codec with the weights that wrote ``header``'s file: one already in use, else that release loaded."""
-    with _codecs_lock:
-        for codec in _codecs:
-            if (codec.model_name, codec.model_hash) == (header.model_name, header.model_hash):
-                return codec
-        from .codec import load
-        from .zoo import installed_release
-
-        release = installed_release(header.model_name, header.model_hash)
-        if release is None:  # the default then refuses the file with a message naming its model
-            release = "default"
-        codec = load(release)
-        _codecs.append(codec)
-        return codec
+    """A codec with the weights that wrote ``header``'s file: one in use, else that release loaded."""
+    with _lock:
+        releases = _releases_held()
+    return releases.for_header(header)
 
 
 def _accept(prefix: bytes) -> bool:

@@ -74,6 +74,12 @@ def installed_release(name: str, model_hash: bytes):
     return reference
 
 
+def release_or_default(header) -> str:
+    """The installed release that wrote a file with this header, else "default" (whose codec then refuses the
+    file with an error naming the release that wrote it)."""
+    return installed_release(header.model_name, header.model_hash) or "default"
+
+
 def archive_release(path: Path) -> Path:
     """Copy a weights file about to be replaced to archive/<name>-<hash>.pt beside it; returns the copy."""
     path = Path(path)
