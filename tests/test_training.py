@@ -1,5 +1,6 @@
 """Training as a feature: a tiny model learns, resume is exact, export produces a working codec."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,25 @@ def test_a_data_folder_without_images_is_one_error_line_and_leaves_no_run_folder
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
     assert "no training images" in result.stderr and str(tmp_path / "photos") in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_exporting_a_run_again_replaces_its_round_and_a_new_run_adds_one(data_dir, tmp_path):
+    config = tiny_config(data_dir, 4)
+    config.validate_every = 2
+    run_and_collect(Trainer(tmp_path / "run", config))
+    export_run(tmp_path / "run", tmp_path / "tiny.pt", verify_images=0)
+    # the run goes on, and a copy of it (as a shipped export's decayed copy is) is exported over the release
+    resumed = tiny_config(data_dir, 6)
+    resumed.validate_every = 2
+    run_and_collect(Trainer(tmp_path / "run", resumed, resume=True))
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    export_run(tmp_path / "copy", tmp_path / "tiny.pt", verify_images=0)
+    history = read_weights(tmp_path / "tiny.pt")[0]["training"]["rounds"]
+    assert [(Path(r["run"]).name, r["steps"]) for r in history] == [("copy", 6)]
+    # a new run from those weights is a round of its own
+    fresh = tiny_config(data_dir, 2)
+    fresh.validate_every, fresh.seed, fresh.init = 2, 1, str(tmp_path / "tiny.pt")
+    run_and_collect(Trainer(tmp_path / "next", fresh))
+    export_run(tmp_path / "next", tmp_path / "next.pt", verify_images=0)
+    history = read_weights(tmp_path / "next.pt")[0]["training"]["rounds"]
+    assert [Path(r["run"]).name for r in history] == ["copy", "next"]

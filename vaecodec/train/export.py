@@ -62,9 +62,12 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     name = name or out_path.stem
     # the earlier rounds: those of the release being replaced, else those of the weights the run started from
     history = _training_rounds(out_path) or _training_rounds(config.get("init"))
-    history.append({"run": str(run_dir), "steps": checkpoint["step"], "config": config,
-                    "hardware": config.get("hardware", ""),
-                    "log_tail": _log_summary(run_dir)})
+    this_round = {"run": str(run_dir), "steps": checkpoint["step"], "config": config,
+                  "hardware": config.get("hardware", ""), "log_tail": _log_summary(run_dir)}
+    if history and same_run(history[-1], this_round):
+        history[-1] = this_round  # a later export of the same run: its log holds the earlier one's steps
+    else:
+        history.append(this_round)
     training = {"rounds": history}
     weights = weights_of_model(model, name, fp16, training)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +95,15 @@ def _training_rounds(weights_file) -> list:
         return list(read_weights(weights_file)[0].get("training", {}).get("rounds", []))
     except Exception:  # an unreadable file has no history to keep; export then starts a new one
         return []
+
+
+def same_run(earlier: dict, later: dict) -> bool:
+    """Whether two recorded rounds are exports of one run (or of copies of it, such as the copy a shipped
+    export decays in): their logs begin with the same held-out validation, step and figures. A new run, even
+    from the same weights, sees other crops and validates differently."""
+    first, second = ((r.get("log_tail") or {}).get("validations") or [None] for r in (earlier, later))
+    return first[0] is not None and second[0] is not None and all(
+        first[0][key] == second[0][key] for key in ("step", "validation"))
 
 
 LOG_GAP_SECONDS = 600  # a longer silence between logged steps is a stop (and a later resume), not training
