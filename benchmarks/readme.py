@@ -35,6 +35,9 @@ FULL_RESULTS = (  # (file, what it holds, command that regenerates it)
      "python -m benchmarks.train_speed --data ../shared/datasets/train"),
     ("heldout.md", "a candidate model against the shipped one on held-out training photos",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate CANDIDATE.pt"),
+    ("heldout_mshp.md", "the shipped model against the earlier default, mshp-n64, on the held-out photos",
+     "python -m benchmarks.heldout --data ../shared/datasets/train --candidate default --reference mshp-n64 "
+     "--name heldout_mshp"),
     ("heldout_widened.md", "mshp-n64 widened to N = 128, M = 192 and trained 5,800 steps, against mshp-n64 on the "
                            "held-out photos (it fell behind)",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate mshp-n128.pt "

@@ -32,8 +32,8 @@ INTERRUPTED_EXIT_CODE = 130  # what shells report for a process stopped by SIGIN
 
 # What quality 1-8 means: the shipped model's mean over the 24 Kodak photos (benchmarks/results/rd.md).
 QUALITY_HELP = ("1 (smallest files) to 8 (best quality), in steps of 0.25. On the Kodak photos: quality 1 about "
-                "0.04 bpp and 23.2 dB PSNR, 3 about 0.20 bpp / 27.5 dB, 5 about 0.65 bpp / 32.3 dB, 8 about "
-                "1.62 bpp / 34.8 dB (benchmarks/results/rd.md). A grayscale image is coded "
+                "0.04 bpp and 23.4 dB PSNR, 3 about 0.20 bpp / 27.7 dB, 5 about 0.64 bpp / 32.5 dB, 8 about "
+                "1.62 bpp / 35.0 dB (benchmarks/results/rd.md). A grayscale image is coded "
                 f"{GRAY_QUALITY_OFFSET * QUALITY_STEP:g} lower, nearer the PSNR a colour photo "
                 "gets at the quality given.")
 
