@@ -194,7 +194,8 @@ def render(name: str, weights: dict, model_hash: str, file_bytes: int, rd: dict,
                      f"`{command}` |")
         if run.get("notes"):
             lines.append(f"|   | note: {run['notes']} | | | | | |")
-    lines += ["", "Export: `vaecodec export RUN_DIR -o pretrained/" + name + ".pt` (appends the round to the history).", ""]
+    lines += ["", "Export: `vaecodec export RUN_DIR -o pretrained/" + name + ".pt` (appends the round to the history; "
+                  "a later export of the same run replaces its round).", ""]
     lines += learning_curve_lines(rounds_trained)
     if rounds:
         lines += ["Kodak after each round (from `benchmarks/results/rounds.json`, written by `python -m benchmarks.rounds`"
