@@ -64,7 +64,7 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     history = _training_rounds(out_path) or _training_rounds(config.get("init"))
     this_round = {"run": str(run_dir), "steps": checkpoint["step"], "config": config,
                   "hardware": config.get("hardware", ""), "log_tail": _log_summary(run_dir)}
-    if history and same_run(history[-1], this_round):
+    if history and _same_run(history[-1], this_round):
         history[-1] = this_round  # a later export of the same run: its log holds the earlier one's steps
     else:
         history.append(this_round)
@@ -97,13 +97,18 @@ def _training_rounds(weights_file) -> list:
         return []
 
 
-def same_run(earlier: dict, later: dict) -> bool:
+def _same_run(earlier: dict, later: dict) -> bool:
     """Whether two recorded rounds are exports of one run (or of copies of it, such as the copy a shipped
     export decays in): their logs begin with the same held-out validation, step and figures. A new run, even
     from the same weights, sees other crops and validates differently."""
-    first, second = ((r.get("log_tail") or {}).get("validations") or [None] for r in (earlier, later))
-    return first[0] is not None and second[0] is not None and all(
-        first[0][key] == second[0][key] for key in ("step", "validation"))
+    first = _first_validation(earlier)
+    return first is not None and first == _first_validation(later)
+
+
+def _first_validation(round_record: dict):
+    """(step, per-level figures) of the first held-out validation in a round's log, or None."""
+    validations = (round_record.get("log_tail") or {}).get("validations")
+    return (validations[0]["step"], validations[0]["validation"]) if validations else None
 
 
 LOG_GAP_SECONDS = 600  # a longer silence between logged steps is a stop (and a later resume), not training
