@@ -130,3 +130,23 @@ print(json.dumps([decoded, container.unpack(open({str(tmp_path / "new.vae")!r}, 
     (size, decoded_by), saved_by = json.loads(result.stdout)
     assert size == [64, 64] and decoded_by == "mshp-n64@684f772f"
     assert saved_by == vaecodec.load("default", device="cpu").model_name == "mcc-n64"
+
+
+def test_refusing_a_file_of_an_unknown_release_and_then_saving_loads_the_default_model_once(
+        monkeypatch, tmp_path, vae_file, small_png):
+    import vaecodec.codec
+
+    loaded = []
+    real_load = vaecodec.codec.load
+    monkeypatch.setattr(vaecodec.codec, "load", lambda *args, **kw: loaded.append(args) or real_load(*args, **kw))
+    monkeypatch.setattr(vaecodec.pillow, "_saving", None)
+    monkeypatch.setattr(vaecodec.pillow, "_releases", None)
+    header, payload = container.unpack(vae_file.read_bytes())
+    foreign = tmp_path / "foreign.vae"
+    foreign.write_bytes(container.pack(dataclasses.replace(header, model_hash=b"\0\0\0\0"), payload))
+    with pytest.raises(ModelMismatch, match="not installed"):
+        Image.open(foreign).load()
+    Image.open(small_png).save(tmp_path / "saved.vae")
+    with Image.open(tmp_path / "saved.vae") as image:
+        image.load()
+    assert loaded == [("default", "auto")]

@@ -78,6 +78,7 @@ class Releases:
     def __init__(self, *codecs: "Codec", device: str = "auto"):
         self.device = device
         self._codecs = {}
+        self._default = None  # the default model, once something needed it
         self._lock = threading.Lock()
         for codec in codecs:
             self.add(codec)
@@ -95,9 +96,19 @@ class Releases:
                 if release is not None:
                     self._codecs[key] = load(release, self.device)
                 elif not self._codecs:  # the default model, to refuse the file by name
-                    default = load("default", self.device)
-                    self._codecs[(default.model_name, default.model_hash)] = default
+                    self._load_default()
             return self._codecs.get(key) or next(iter(self._codecs.values()))
+
+    def default(self) -> "Codec":
+        """The default model, loaded once however often it is asked for here or by ``for_header``."""
+        with self._lock:
+            return self._load_default()
+
+    def _load_default(self) -> "Codec":
+        if self._default is None:
+            self._default = load("default", self.device)
+            self._codecs.setdefault((self._default.model_name, self._default.model_hash), self._default)
+        return self._default
 
 
 class Codec:

@@ -55,10 +55,7 @@ def _codec_for_saving():
     global _saving
     with _lock:
         if _saving is None:
-            from .codec import load
-
-            _saving = load()
-            _releases_held().add(_saving)
+            _saving = _releases_held().default()  # shared with decoding: one load of the default model
         return _saving
 
 
