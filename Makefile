@@ -33,7 +33,7 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks.rd --data ../shared/datasets/kodak
-	$(BIN)/python -m benchmarks.refine --data ../shared/datasets/kodak   # ~35 min on 2 cores
+	$(BIN)/python -m benchmarks.refine --data ../shared/datasets/kodak   # about an hour on 2 cores
 	$(BIN)/python -m benchmarks.speed --data ../shared/datasets/kodak
 	$(BIN)/python -m benchmarks.cli_speed   # whole-process command times beside WebP
 	$(BIN)/python -m benchmarks.ceiling --data ../shared/datasets/train
