@@ -231,6 +231,20 @@ def test_model_card_commands_name_what_each_round_changed():
                         "--level-weighting 0.25")
 
 
+
+def test_round_record_rounds_once_to_the_digits_the_model_card_shows():
+    from benchmarks.rounds import round_record
+
+    points = [{"setting": q, "bpp": bpp, "psnr": psnr}
+              for q, bpp, psnr in ((1.0, 0.03684, 23.4216), (1.5, 0.05, 24.0), (8.0, 1.61349, 34.9587))]
+    summary = {"codecs": {"vaecodec": {"points": points}}, "date": "2026-11-28T22:44:01",
+               "vaecodec_model": {"training_rounds": 7, "hash": "37a90807"},
+               "bd": {"against": {"jpeg-420": {"bd_rate_psnr_percent": -40.05369}, "webp": {}}}}
+    record = round_record(summary)
+    assert record["bpp"] == [0.037, 1.613] and record["psnr"] == [23.42, 34.96]
+    assert record["bd_rate_psnr_percent"] == {"jpeg-420": -40.1}  # as rd.md prints it; webp had no overlap
+
+
 # ---- context probe ----
 
 TRAIN_PHOTOS = REPO.parent / "shared" / "datasets" / "train"
