@@ -231,7 +231,6 @@ def test_model_card_commands_name_what_each_round_changed():
                         "--level-weighting 0.25")
 
 
-
 def test_round_record_rounds_once_to_the_digits_the_model_card_shows():
     from benchmarks.rounds import round_record
 
