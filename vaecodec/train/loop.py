@@ -32,7 +32,8 @@ class RunConfig:
     learning_rate: float = 2e-4
     decay_at: float = 0.85  # fraction of the steps after which the learning rate drops 10x
     quantile_learning_rate: float = 1e-3
-    clip_norm: float = 1.0
+    clip_norm: float = 1.0  # the main loss's gradient norm is clipped to this
+    adam_epsilon: float = 1e-8  # Adam's ε, in units of the clipped gradient
     gray_fraction: float = 0.0  # share of training crops turned grayscale (see data.py)
     level_weighting: float = 0.5  # per-level loss weight (lambda_mid / lambda) ** this, see rate_distortion_loss
     seed: int = 0
@@ -101,6 +102,7 @@ class Trainer:
         # the latent codec's auxiliary parameters (the z prior's tail quantiles) train on their own loss alone
         auxiliary = self.model.latent_codec.auxiliary_parameters()
         main = [p for p in self.model.parameters() if not any(p is a for a in auxiliary)]
+        self.main_parameters = main  # what the main loss trains, and the only gradients its clipping sees
         # a latent codec may ask for a larger learning rate for parameters it adds to a trained model (the
         # context networks of the channel-conditional codec, which start from zero)
         factors = getattr(self.model.latent_codec, "learning_rate_factors", dict)()
@@ -108,7 +110,7 @@ class Trainer:
         for parameter in main:
             groups.setdefault(factors.get(parameter, 1.0), []).append(parameter)
         self.optimizer = torch.optim.Adam([{"params": params, "lr_factor": factor} for factor, params in
-                                           groups.items()], lr=config.learning_rate)
+                                           groups.items()], lr=config.learning_rate, eps=config.adam_epsilon)
         self.quantile_optimizer = torch.optim.Adam(auxiliary, lr=config.quantile_learning_rate)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
@@ -143,6 +145,8 @@ class Trainer:
         state = checkpoint.load(self.run_dir, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the run's config, not the checkpoint, sets ε
+            group["eps"] = self.config.adam_epsilon
         self.quantile_optimizer.load_state_dict(state["quantile_optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
@@ -161,13 +165,17 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = config.learning_rate_at(self.step) * group.get("lr_factor", 1.0)
         self.model.train()
+        # Both optimizers' gradients are cleared first: the auxiliary step leaves its gradient on the prior's
+        # tails, and the main loss reaches them too (through the medians), so a leftover would otherwise enter
+        # the norm clipped below, and differ between a run that went on and one resumed in a new process.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.quantile_optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.forward(x, levels)
         losses = rate_distortion_loss(x, output, levels, self.model.config.lambdas, config.level_weighting)
-        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
+        torch.nn.utils.clip_grad_norm_(self.main_parameters, config.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         quantile_loss = self.model.latent_codec.auxiliary_loss()
