@@ -69,8 +69,8 @@ def test_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path):
 def test_a_step_does_not_depend_on_gradients_left_from_the_step_before(data_dir, tmp_path):
     """The prior's tails train on their own loss after the main step, so their gradient is still there when
     the next step clips its gradient norm. It once entered that norm: in a long run it was ~600 against a main
-    norm of ~50, so every step was scaled by it, except the first step after a resume (a fresh process has no
-    leftover gradient), which came out ~12x larger and set the model back by about 1000 steps."""
+    norm of ~3, so every step was scaled by it, except the first step after a resume (a fresh process has no
+    leftover gradient), which came out ~170x larger and set the model back by about 1000 steps."""
     trainers = [Trainer(tmp_path / name, tiny_config(data_dir, 3)) for name in ("clean", "leftover")]
     trainers[1].model.load_state_dict(trainers[0].model.state_dict())
     for parameter in trainers[1].model.latent_codec.auxiliary_parameters():

@@ -101,13 +101,13 @@ class Trainer:
         self.forward = torch.compile(self.model) if config.compile else self.model
         # the latent codec's auxiliary parameters (the z prior's tail quantiles) train on their own loss alone
         auxiliary = self.model.latent_codec.auxiliary_parameters()
-        main = [p for p in self.model.parameters() if not any(p is a for a in auxiliary)]
-        self.main_parameters = main  # what the main loss trains, and the only gradients its clipping sees
+        # what the main loss trains, and the only gradients its clipping sees
+        self.main_parameters = [p for p in self.model.parameters() if not any(p is a for a in auxiliary)]
         # a latent codec may ask for a larger learning rate for parameters it adds to a trained model (the
         # context networks of the channel-conditional codec, which start from zero)
         factors = getattr(self.model.latent_codec, "learning_rate_factors", dict)()
         groups = {}
-        for parameter in main:
+        for parameter in self.main_parameters:
             groups.setdefault(factors.get(parameter, 1.0), []).append(parameter)
         self.optimizer = torch.optim.Adam([{"params": params, "lr_factor": factor} for factor, params in
                                            groups.items()], lr=config.learning_rate, eps=config.adam_epsilon)
@@ -165,16 +165,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = config.learning_rate_at(self.step) * group.get("lr_factor", 1.0)
         self.model.train()
-        # Both optimizers' gradients are cleared first: the auxiliary step leaves its gradient on the prior's
-        # tails, and the main loss reaches them too (through the medians), so a leftover would otherwise enter
-        # the norm clipped below, and differ between a run that went on and one resumed in a new process.
-        self.optimizer.zero_grad(set_to_none=True)
-        self.quantile_optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.forward(x, levels)
         losses = rate_distortion_loss(x, output, levels, self.model.config.lambdas, config.level_weighting)
+        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
+        # Only the main parameters: the auxiliary step below leaves its gradient on the prior's tails, which
+        # would otherwise enter this norm, and differ between a run that went on and one resumed in a new process.
         torch.nn.utils.clip_grad_norm_(self.main_parameters, config.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
