@@ -22,7 +22,9 @@ old ones but a per-channel gain set so that at the top level their spread is abo
 spread (so they cost their entropy, not escape codes). g_s reads them with zero weights and h_a with zero
 weights, so reconstructions and z are those of the old model (up to float rounding); only the rate grows, and
 only at the top levels. Training then learns g_s's readout of the new symbols (a consistent least-squares
-gradient, because they are not zero) and reshapes or silences each channel as its bits pay off.
+gradient, because they are not zero) and reshapes or silences each channel as its bits pay off. A
+channel-conditional model keeps its context networks where its channel groups stay (from 128 channels up the
+new channels form groups of their own, coded last) and gets new ones, with zero corrections, for the rest.
 
 What widening gave in measurements: docs/notes.md.
 """
@@ -77,9 +79,24 @@ def with_latent_channels(model: HyperpriorVAE, latent_channels: int, calibration
     extend(f"{h_s}.level_log_mean_gain", 1, zeros(f"{h_s}.level_log_mean_gain", 1))
     extend(f"{h_s}.level_scale_shift", 1, zeros(f"{h_s}.level_scale_shift", 1))
     widened = HyperpriorVAE(config)
+    state.update(_context_state(model, widened))
     widened.load_state_dict(state)
     _fit_new_gains_and_scales(widened, old, calibration)
     return widened
+
+
+def _context_state(model: HyperpriorVAE, widened: HyperpriorVAE) -> dict:
+    """The context networks of a widened channel-conditional model: the old model's for the groups both have
+    (from 128 channels up the old groups are the first of the new ones, and the new channels form groups of
+    their own), fresh ones with zero corrections for the rest. Empty for a hyperprior."""
+    prefix = "latent_codec.context."
+    fresh = {k: v for k, v in widened.state_dict().items() if k.startswith(prefix)}
+    if not fresh:
+        return {}
+    old_groups, new_groups = model.latent_codec.groups, widened.latent_codec.groups
+    kept = len(old_groups) - 1 if new_groups[:len(old_groups)] == old_groups else 0  # networks of groups 1..
+    old_state = model.state_dict()
+    return {k: (old_state[k] if int(k[len(prefix):].split(".")[0]) < kept else v) for k, v in fresh.items()}
 
 
 @torch.no_grad()
