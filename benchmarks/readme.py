@@ -21,6 +21,11 @@ def _refine_scope(result: dict) -> tuple:
     return f", on {result['images']} Kodak photos", f" --images {result['images']}"
 
 
+def _context_share_scope(result: dict) -> tuple:
+    """The weights files it measured, which its command names."""
+    return "", result["command"].split("benchmarks.context_share", 1)[1]
+
+
 # (file, what it holds, command that regenerates it[, scope]): a scope reads the file's JSON twin and returns
 # what to add to the description and to the command for the run it holds
 FULL_RESULTS = (
@@ -60,6 +65,9 @@ FULL_RESULTS = (
                          "save on top of the shipped model's frozen transforms: the model's rate estimate on "
                          "held-out crops",
      "python -m benchmarks.context_probe"),
+    ("context_share.md", "what the jointly trained context networks of each shipped mcc-n64 export take off its rate "
+                         "(the model's estimate with and without their corrections)",
+     "python -m benchmarks.context_share", _context_share_scope),
     ("context_probe_long_run.md", "the same on a checkpoint of the long run",
      "python -m benchmarks.context_probe --run ../runs/cc64 --out benchmarks/results/context_probe_long_run"),
 )

@@ -303,3 +303,22 @@ def test_context_probe_integer_corrections_are_the_coders():
         coded = coder.quantize(side.y, quality_index)
         assert torch.equal(coded.y, torch.round(side.y - mean).long())
         assert torch.equal(coded.y_table_index, torch.floor(position + 0.5).long())
+
+
+def test_context_share_is_nothing_for_zero_corrections_and_something_for_trained_ones():
+    import torch
+
+    from benchmarks.context_share import context_share
+    from vaecodec.model import VAE, ModelConfig
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(8, 16, 8, latent_codec="channel-conditional")).eval()
+    with torch.no_grad():
+        model.g_a[6].weight *= 100  # latents of a trained model's size, so that the corrections matter
+    x = torch.rand(2, 3, 64, 64)
+    untrained = context_share(model, x)  # the context networks start at zero corrections
+    assert sorted(untrained["levels"]) == list(range(1, 9)) and untrained["overall_percent"] == 0
+    with torch.no_grad():
+        for parameter in model.latent_codec.context.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    assert context_share(model, x)["overall_percent"] != 0

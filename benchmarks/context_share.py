@@ -1,0 +1,99 @@
+"""What the trained context networks of a channel-conditional model take off its rate, export by export.
+
+    python -m benchmarks.context_share WEIGHTS... [--data ../shared/datasets/train] [--out benchmarks/results/context_share]
+
+For each weights file (a name or a .pt path): the model's estimated bits on the held-out crops that ``vaecodec
+train`` validates on (256x256 centres of the 16 photos it holds out), at every level, with the context
+networks' corrections and with them set to zero; the same transforms, h_s and z prior. The change says how much
+of the rate the jointly trained context networks carry. It overstates what they add against a hyperprior
+trained alone (h_s may have learnt to leave work to the corrections), and it is a model estimate (the noisy
+likelihood of training), not file sizes. Writes OUT.json and OUT.md.
+"""
+
+import copy
+import datetime
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from vaecodec.train.data import list_images, split_validation, validation_crops
+from vaecodec.train.export import model_from_weights
+from vaecodec.zoo import read_weights, weights_path
+
+VALIDATION_IMAGES = 16  # as RunConfig.validation_images: the photos training never sees
+
+
+@torch.no_grad()
+def estimated_bits(model, x: torch.Tensor, level: int, seed: int = 0) -> float:
+    """Estimated bits per pixel of ``x`` at ``level`` (y and z), with the training forward's noise seeded."""
+    torch.manual_seed(seed)
+    output = model(x, torch.full((len(x),), float(level)))
+    bits = sum(likelihood.float().log2().neg().sum().item() for likelihood in output["likelihoods"].values())
+    return bits / (x.shape[0] * x.shape[2] * x.shape[3])
+
+
+def context_share(model, x: torch.Tensor) -> dict:
+    """{"levels": {level: {"with", "without", "change_percent"}}, "overall_percent"}; levels from 1."""
+    without = copy.deepcopy(model)
+    for network in without.latent_codec.context:
+        network.zero_output_layer()
+    levels = {}
+    for level in range(model.config.levels):
+        with_context, without_context = estimated_bits(model, x, level), estimated_bits(without, x, level)
+        levels[level + 1] = {"with": round(with_context, 5), "without": round(without_context, 5),
+                             "change_percent": round(100 * (with_context / without_context - 1), 2)}
+    total_with = sum(v["with"] for v in levels.values())
+    total_without = sum(v["without"] for v in levels.values())
+    return {"levels": levels, "overall_percent": round(100 * (total_with / total_without - 1), 2)}
+
+
+def _markdown(report: dict) -> str:
+    levels = sorted(report["models"][0]["levels"], key=int)
+    lines = ["# Context networks' share of the rate, export by export", "",
+             f"{report['date'][:10]}. Each model's estimated bits on the held-out crops (256x256 centres of the "
+             f"{VALIDATION_IMAGES} photos training holds out, all levels) with its context networks' corrections, "
+             "against the same model with the corrections set to zero. Negative: the contexts save that much. A "
+             "model estimate (training's noisy likelihood), not file sizes; it overstates what the contexts add "
+             "against a hyperprior trained alone, since h_s may leave work to them.", "",
+             "| model | steps with context networks | " + " | ".join(f"level {v}" for v in levels) + " | overall |",
+             "|---|---:|" + "---:|" * (len(levels) + 1)]
+    for model in report["models"]:
+        cells = [f"{model['levels'][v]['change_percent']:+.2f}%" for v in levels]
+        lines.append(f"| {model['model']} | {model['steps']:,} | " + " | ".join(cells)
+                     + f" | **{model['overall_percent']:+.2f}%** |")
+    lines += ["", f"Regenerate: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("weights", nargs=-1, required=True)
+@click.option("--data", type=click.Path(exists=True, file_okay=False), default="../shared/datasets/train",
+              show_default=True, help="Training folder (its held-out photos are measured).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("benchmarks/results/context_share"), show_default=True)
+def main(weights, data, threads, out):
+    torch.set_num_threads(threads)
+    _, held_out = split_validation(list_images([data]), VALIDATION_IMAGES)
+    x = validation_crops(held_out)
+    models = []
+    for name in weights:
+        path = weights_path(name)
+        weights_file = read_weights(path)[0]
+        model = model_from_weights(weights_file).eval()
+        if not hasattr(model.latent_codec, "context"):
+            raise click.UsageError(f"{name}: not a channel-conditional model")
+        result = context_share(model, x)
+        models.append({"model": f"{weights_file['name']} ({Path(path).name})",
+                       "steps": int(weights_file["training"]["rounds"][-1]["steps"]), **result})
+        click.echo(f"{Path(path).name}: {result['overall_percent']:+.2f}%", err=True)
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "models": models,
+              "command": "python -m benchmarks.context_share " + " ".join(weights)}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(_markdown(report))
+
+
+if __name__ == "__main__":
+    main()
