@@ -18,20 +18,22 @@ from pathlib import Path
 import click
 import torch
 
+from vaecodec.model import rate_distortion_loss
 from vaecodec.train.data import list_images, split_validation, validation_crops
 from vaecodec.train.export import model_from_weights
+from vaecodec.train.loop import RunConfig
 from vaecodec.zoo import read_weights, weights_path
 
-VALIDATION_IMAGES = 16  # as RunConfig.validation_images: the photos training never sees
+VALIDATION_IMAGES = RunConfig.validation_images  # the photos training holds out (its default)
 
 
 @torch.no_grad()
 def estimated_bits(model, x: torch.Tensor, level: int, seed: int = 0) -> float:
-    """Estimated bits per pixel of ``x`` at ``level`` (y and z), with the training forward's noise seeded."""
+    """Estimated bits per pixel of ``x`` at ``level`` (y and z, as training counts them), with the training
+    forward's noise seeded."""
     torch.manual_seed(seed)
-    output = model(x, torch.full((len(x),), float(level)))
-    bits = sum(likelihood.float().log2().neg().sum().item() for likelihood in output["likelihoods"].values())
-    return bits / (x.shape[0] * x.shape[2] * x.shape[3])
+    levels = torch.full((len(x),), float(level))
+    return rate_distortion_loss(x, model(x, levels), levels, model.config.lambdas)["bpp"].item()
 
 
 def context_share(model, x: torch.Tensor) -> dict:
