@@ -92,7 +92,7 @@ def main(weights, data, threads, out):
                        "steps": int(weights_file["training"]["rounds"][-1]["steps"]), **result})
         click.echo(f"{Path(path).name}: {result['overall_percent']:+.2f}%", err=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "models": models,
-              "command": "python -m benchmarks.context_share " + " ".join(weights)}
+              "weights": list(weights), "command": "python -m benchmarks.context_share " + " ".join(weights)}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text(_markdown(report))
 

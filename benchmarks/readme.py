@@ -22,8 +22,8 @@ def _refine_scope(result: dict) -> tuple:
 
 
 def _context_share_scope(result: dict) -> tuple:
-    """The weights files it measured, which its command names."""
-    return "", result["command"].split("benchmarks.context_share", 1)[1]
+    """The weights files it measured."""
+    return "", " " + " ".join(result["weights"])
 
 
 # (file, what it holds, command that regenerates it[, scope]): a scope reads the file's JSON twin and returns
