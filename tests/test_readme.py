@@ -131,6 +131,22 @@ def test_results_summary_is_what_the_generator_writes():
     assert README.count("Versions") <= 1 and README.count("Measured with ") == 1
 
 
+def test_the_quality_figures_quoted_by_the_readme_and_the_quality_help_are_rd_md_s():
+    # Hand-written sentences (the README's command-line section, `compress --help`) quote what qualities 1, 3,
+    # 5 and 8 give on Kodak; when new weights ship, rd.md changes and so must they.
+    import json
+
+    from vaecodec_cli.main import QUALITY_HELP
+
+    points = {point["setting"]: point for point in json.loads(
+        (ROOT / "benchmarks" / "results" / "rd_summary.json").read_text())["codecs"]["vaecodec"]["points"]}
+    expected = [f"{points[q]['bpp']:.2f} bpp {points[q]['psnr']:.1f} dB" for q in (1.0, 3.0, 5.0, 8.0)]
+    ladder = re.compile(r"(\d+\.\d+) bpp(?: /| and) (\d+\.\d+) dB")
+    readme_sentence = " ".join(README.split("Quality 1 to 8 means, on the Kodak photos,", 1)[1].split(")", 1)[0].split())
+    for quoted in (readme_sentence, QUALITY_HELP):
+        assert [f"{bpp} bpp {db} dB" for bpp, db in ladder.findall(quoted)] == expected, quoted
+
+
 def test_headings_step_down_one_level_at_a_time():
     text = re.sub(r"^```.*?^```", "", README, flags=re.MULTILINE | re.DOTALL)
     levels = [len(match) for match in re.findall(r"^(#+) ", text, flags=re.MULTILINE)]
