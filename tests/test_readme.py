@@ -147,6 +147,30 @@ def test_the_quality_figures_quoted_by_the_readme_and_the_quality_help_are_rd_md
         assert [f"{bpp} bpp {db} dB" for bpp, db in ladder.findall(quoted)] == expected, quoted
 
 
+def test_the_folder_job_rates_quoted_by_the_readme_and_the_workers_help_are_folder_jobs_md_s():
+    import json
+
+    from vaecodec_cli.main import cli
+
+    ways = json.loads((ROOT / "benchmarks" / "results" / "folder_jobs.json").read_text())["folder_jobs"]["ways"]
+
+    def cells(way, job):  # as quoted: the rate, and the speed-up against one process in the same run
+        rate = ways[way][job]["job_images_per_s"]
+        return f"{rate:.2f}", f"{rate / ways['one process'][job]['job_images_per_s']:.2f}"
+
+    table = README.split("| way | compress img/s | decompress img/s |", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| (.+?) \| ([\d.]+)(?: \(([\d.]+)x\))? \| ([\d.]+)(?: \(([\d.]+)x\))? \|$", table,
+                      flags=re.MULTILINE)
+    assert len(rows) == len(ways)
+    for name, *quoted in rows:
+        way = next(way for way in ways if name.startswith(way))
+        for (rate, speed_up), job in zip((quoted[:2], quoted[2:]), ("compress", "decompress")):
+            assert (rate, speed_up or cells(way, job)[1]) == cells(way, job), (name, job)
+    workers_help = next(option.help for option in cli.get_command(None, "compress").params if option.name == "workers")
+    measured = re.search(r"measured ([\d.]+)x one process for compress and ([\d.]+)x for decompress", workers_help)
+    assert measured.groups() == (cells("worker processes", "compress")[1], cells("worker processes", "decompress")[1])
+
+
 def test_headings_step_down_one_level_at_a_time():
     text = re.sub(r"^```.*?^```", "", README, flags=re.MULTILINE | re.DOTALL)
     levels = [len(match) for match in re.findall(r"^(#+) ", text, flags=re.MULTILINE)]
