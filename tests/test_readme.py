@@ -171,6 +171,19 @@ def test_the_folder_job_rates_quoted_by_the_readme_and_the_workers_help_are_fold
     assert measured.groups() == (cells("worker processes", "compress")[1], cells("worker processes", "decompress")[1])
 
 
+def test_how_it_works_quotes_the_shipped_model_s_training_and_its_gain_over_mshp_n64():
+    import json
+
+    from vaecodec.zoo import read_weights, weights_path
+
+    text = " ".join(README.split())
+    *_, hyperprior, channel_conditional = read_weights(weights_path("mcc-n64"))[0]["training"]["rounds"]
+    assert (f"{hyperprior['steps']:,} steps as a hyperprior, then {channel_conditional['steps']:,} as this codec"
+            in text)
+    gain = json.loads((ROOT / "benchmarks" / "results" / "heldout_mshp.json").read_text())["bd_rate_percent"]
+    assert f"mshp-n64 ({gain:+.1f}% on the held-out photos".replace("(-", "(\u2212") in text
+
+
 def test_headings_step_down_one_level_at_a_time():
     text = re.sub(r"^```.*?^```", "", README, flags=re.MULTILINE | re.DOTALL)
     levels = [len(match) for match in re.findall(r"^(#+) ", text, flags=re.MULTILINE)]
