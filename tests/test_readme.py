@@ -5,6 +5,7 @@ Everything runs in a temporary folder holding small crops of Kodak images under 
 (photo.png, photos/), beside a link to ../shared as in a checkout.
 """
 
+import math
 import re
 import shlex
 import shutil
@@ -182,6 +183,32 @@ def test_how_it_works_quotes_the_shipped_model_s_training_and_its_gain_over_mshp
             in text)
     gain = json.loads((ROOT / "benchmarks" / "results" / "heldout_mshp.json").read_text())["bd_rate_percent"]
     assert f"mshp-n64 ({gain:+.1f}% on the held-out photos".replace("(-", "(\u2212") in text
+
+
+def test_the_grayscale_figures_quoted_by_the_readme_are_grayscale_md_s_and_the_offset_its_calibration_s():
+    import json
+
+    from vaecodec.quality import GRAY_QUALITY_OFFSET
+
+    results = ROOT / "benchmarks" / "results"
+    calibration = json.loads((results / "grayscale_calibration.json").read_text())
+    assert GRAY_QUALITY_OFFSET == calibration["chosen_offset"]
+    rows = json.loads((results / "grayscale.json").read_text())["rows"]
+
+    def spans(names):  # ("lo-hi" dB more, "lo-hi" % of the colour bytes), as the README rounds them
+        more = [rows[name]["gray_psnr"] - rows[name]["colour_psnr"] for name in names]
+        sizes = [round(100 * rows[name]["gray_to_colour"]) for name in names]
+        return f"{min(more):.1f}-{max(more):.1f}", f"{min(sizes)}-{max(sizes)}", max(map(abs, more))
+
+    text = " ".join(README.split())
+    more, sizes, _ = spans([f"vaecodec q{q}, gray at q{q} (before)" for q in range(2, 8)])
+    assert f"a gray photo got {more} dB more PSNR than its colour original and cost {sizes}% of it" in text
+    _, sizes, largest = spans([f"vaecodec q{q}" for q in (2, 3, 4)])
+    assert f"gets within {math.ceil(10 * largest) / 10:.1f} dB of its colour original's PSNR in {sizes}%" in text
+    more, sizes, _ = spans([f"vaecodec q{q}" for q in (5, 6, 7)])
+    assert f"at 5-7 it still gets {more} dB more, in {sizes}%" in text
+    classical = {round(100 * rows[f"{name} q75 (Pillow)"]["gray_to_colour"]) for name in ("JPEG", "WebP")}
+    assert len(classical) == 1 and f"JPEG and WebP at quality 75: {classical.pop()}%" in text
 
 
 def test_headings_step_down_one_level_at_a_time():

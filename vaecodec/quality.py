@@ -24,12 +24,11 @@ QUALITY_INDEXES_PER_LEVEL = round(1 / QUALITY_STEP)  # quality indexes from one 
 # did before the ladder was widened (see the Kodak table in the model card).
 DEFAULT_QUALITY = 5.0
 # Quality indexes (steps of QUALITY_STEP) by which a grayscale image is coded below the quality asked for, so
-# that it gets about the fidelity (mean PSNR) a colour photo gets at that quality. Calibrated for the shipped model
-# mcc-n64 c7c35d7c (as for its earlier releases b11fed1c, 37a90807, 451a09ec, 78b5f811 and for mshp-n64 684f772f) on
-# the 16 photos held out of the training folders (never Kodak), qualities 2 to 7, as the offset with the smallest
-# mean absolute PSNR difference (0.39 dB; 0.77 dB without the offset):
-# `python -m benchmarks.grayscale --calibrate` (benchmarks/results/grayscale_calibration.md). It applies to any
-# model loaded; rerun that when new weights ship.
+# that it gets about the fidelity (mean PSNR) a colour photo gets at that quality: the offset with the smallest
+# mean absolute PSNR difference on the 16 photos held out of the training folders (never Kodak), qualities 2 to
+# 7, for the shipped model. `python -m benchmarks.grayscale --calibrate` measures it and
+# benchmarks/results/grayscale_calibration.md names the model and the differences; tests/test_readme.py checks
+# that this constant is the offset chosen there. It applies to any model loaded; rerun that when new weights ship.
 GRAY_QUALITY_OFFSET = 1
 
 
