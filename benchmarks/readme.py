@@ -54,7 +54,7 @@ FULL_RESULTS = (
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate default --reference mshp-n64 "
      "--name heldout_mshp"),
     ("heldout_widened.md", "the long run's model widened to M = 192 latent channels and trained beside the run, "
-                           "against the run's export after as many steps, on the held-out photos",
+                           "against the run's export at the same moment, on the held-out photos",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate WIDENED.pt "
      "--reference RUN.pt --name heldout_widened"),
     ("context_model.md", "the channel-conditional latent codec against the hyperprior at equal training: BD-rate "
