@@ -5,6 +5,7 @@ Everything runs in a temporary folder holding small crops of Kodak images under 
 (photo.png, photos/), beside a link to ../shared as in a checkout.
 """
 
+import json
 import math
 import re
 import shlex
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 SHARED = ROOT.parent / "shared"
 KODAK = SHARED / "datasets" / "kodak"
+README_WORDS = " ".join(README.split())  # the README's text with every line break and indent one space
 # Commands of the README that run here in a moment; the others (training, export, network, a cluster with
 # --ray, and --refine, slow by design) are only parsed.
 RUN_HERE = {"compress", "decompress", "info", "inspect"}
@@ -132,28 +134,26 @@ def test_results_summary_is_what_the_generator_writes():
     assert README.count("Versions") <= 1 and README.count("Measured with ") == 1
 
 
+def committed_result(name: str) -> dict:
+    """A results file's JSON, as committed under benchmarks/results/."""
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
 def test_the_quality_figures_quoted_by_the_readme_and_the_quality_help_are_rd_md_s():
     # Hand-written sentences (the README's command-line section, `compress --help`) quote what qualities 1, 3,
     # 5 and 8 give on Kodak; when new weights ship, rd.md changes and so must they.
-    import json
-
     from vaecodec_cli.main import QUALITY_HELP
 
-    points = {point["setting"]: point for point in json.loads(
-        (ROOT / "benchmarks" / "results" / "rd_summary.json").read_text())["codecs"]["vaecodec"]["points"]}
+    points = {point["setting"]: point for point in committed_result("rd_summary.json")["codecs"]["vaecodec"]["points"]}
     expected = [f"{points[q]['bpp']:.2f} bpp {points[q]['psnr']:.1f} dB" for q in (1.0, 3.0, 5.0, 8.0)]
     ladder = re.compile(r"(\d+\.\d+) bpp(?: /| and) (\d+\.\d+) dB")
-    readme_sentence = " ".join(README.split("Quality 1 to 8 means, on the Kodak photos,", 1)[1].split(")", 1)[0].split())
+    readme_sentence = README_WORDS.split("Quality 1 to 8 means, on the Kodak photos,", 1)[1].split(")", 1)[0]
     for quoted in (readme_sentence, QUALITY_HELP):
         assert [f"{bpp} bpp {db} dB" for bpp, db in ladder.findall(quoted)] == expected, quoted
 
 
 def test_the_folder_job_rates_quoted_by_the_readme_and_the_workers_help_are_folder_jobs_md_s():
-    import json
-
-    from vaecodec_cli.main import cli
-
-    ways = json.loads((ROOT / "benchmarks" / "results" / "folder_jobs.json").read_text())["folder_jobs"]["ways"]
+    ways = committed_result("folder_jobs.json")["folder_jobs"]["ways"]
 
     def cells(way, job):  # as quoted: the rate, and the speed-up against one process in the same run
         rate = ways[way][job]["job_images_per_s"]
@@ -173,42 +173,35 @@ def test_the_folder_job_rates_quoted_by_the_readme_and_the_workers_help_are_fold
 
 
 def test_how_it_works_quotes_the_shipped_model_s_training_and_its_gain_over_mshp_n64():
-    import json
-
     from vaecodec.zoo import read_weights, weights_path
 
-    text = " ".join(README.split())
     *_, hyperprior, channel_conditional = read_weights(weights_path("mcc-n64"))[0]["training"]["rounds"]
     assert (f"{hyperprior['steps']:,} steps as a hyperprior, then {channel_conditional['steps']:,} as this codec"
-            in text)
-    gain = json.loads((ROOT / "benchmarks" / "results" / "heldout_mshp.json").read_text())["bd_rate_percent"]
-    assert f"mshp-n64 ({gain:+.1f}% on the held-out photos".replace("(-", "(\u2212") in text
+            in README_WORDS)
+    gain = committed_result("heldout_mshp.json")["bd_rate_percent"]
+    assert f"mshp-n64 ({gain:+.1f}% on the held-out photos".replace("(-", "(\u2212") in README_WORDS
 
 
 def test_the_grayscale_figures_quoted_by_the_readme_are_grayscale_md_s_and_the_offset_its_calibration_s():
-    import json
-
     from vaecodec.quality import GRAY_QUALITY_OFFSET
 
-    results = ROOT / "benchmarks" / "results"
-    calibration = json.loads((results / "grayscale_calibration.json").read_text())
-    assert GRAY_QUALITY_OFFSET == calibration["chosen_offset"]
-    rows = json.loads((results / "grayscale.json").read_text())["rows"]
+    assert GRAY_QUALITY_OFFSET == committed_result("grayscale_calibration.json")["chosen_offset"]
+    rows = committed_result("grayscale.json")["rows"]
 
     def spans(names):  # ("lo-hi" dB more, "lo-hi" % of the colour bytes), as the README rounds them
         more = [rows[name]["gray_psnr"] - rows[name]["colour_psnr"] for name in names]
         sizes = [round(100 * rows[name]["gray_to_colour"]) for name in names]
         return f"{min(more):.1f}-{max(more):.1f}", f"{min(sizes)}-{max(sizes)}", max(map(abs, more))
 
-    text = " ".join(README.split())
     more, sizes, _ = spans([f"vaecodec q{q}, gray at q{q} (before)" for q in range(2, 8)])
-    assert f"a gray photo got {more} dB more PSNR than its colour original and cost {sizes}% of it" in text
+    assert f"a gray photo got {more} dB more PSNR than its colour original and cost {sizes}% of it" in README_WORDS
     _, sizes, largest = spans([f"vaecodec q{q}" for q in (2, 3, 4)])
-    assert f"gets within {math.ceil(10 * largest) / 10:.1f} dB of its colour original's PSNR in {sizes}%" in text
+    within = math.ceil(10 * largest) / 10
+    assert f"gets within {within:.1f} dB of its colour original's PSNR in {sizes}%" in README_WORDS
     more, sizes, _ = spans([f"vaecodec q{q}" for q in (5, 6, 7)])
-    assert f"at 5-7 it still gets {more} dB more, in {sizes}%" in text
+    assert f"at 5-7 it still gets {more} dB more, in {sizes}%" in README_WORDS
     classical = {round(100 * rows[f"{name} q75 (Pillow)"]["gray_to_colour"]) for name in ("JPEG", "WebP")}
-    assert len(classical) == 1 and f"JPEG and WebP at quality 75: {classical.pop()}%" in text
+    assert len(classical) == 1 and f"JPEG and WebP at quality 75: {classical.pop()}%" in README_WORDS
 
 
 def test_headings_step_down_one_level_at_a_time():
