@@ -57,6 +57,10 @@ def round_commands(rounds: list) -> list:
             command += f" --level-weighting {run['level_weighting']:g}"
         if model.get("latent_codec", "hyperprior") != "hyperprior":
             command += f" --latent-codec {model['latent_codec']}"
+        if run.get("clip_norm", 1.0) != 1.0:
+            command += f" --clip-norm {run['clip_norm']:g}"
+        if run.get("adam_epsilon", 1e-8) != 1e-8:
+            command += f" --adam-epsilon {run['adam_epsilon']:g}"
         if run.get("gray_fraction"):
             command += f" --gray-fraction {run['gray_fraction']:g}"
         if run.get("decay_at", 0.85) != 0.85:

@@ -21,6 +21,11 @@ from vaecodec.errors import UsageError
 @click.option("--level-weighting", type=float, default=None,
               help="Weigh each crop's loss by (λ_mid/λ)^this (default 0.5; 0 lets the high-λ levels, whose "
                    "gradients are largest, lead the shared transforms).")
+@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clip the main gradient's norm to this (default 1, which every step reaches: the gradient is "
+                   "normalised; the long run uses 100, a guard against outliers only).")
+@click.option("--adam-epsilon", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam's epsilon, in units of the clipped gradient (default 1e-8).")
 @click.option("--gray-fraction", type=float, default=None,
               help="Share of training crops turned grayscale, so gray photos learn to cost less (default 0).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
@@ -53,9 +58,9 @@ from vaecodec.errors import UsageError
               help="Comma-separated λ of the 8 levels, lowest first (new runs; with --init the per-level "
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
-def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, gray_fraction, device,
-          resume, resume_or_start, precision, compiled, decay_at, init_weights, latent_codec, channels, latent_channels,
-          hyper_channels, lambdas):
+def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, clip_norm, adam_epsilon,
+          gray_fraction, device, resume, resume_or_start, precision, compiled, decay_at, init_weights, latent_codec,
+          channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -83,7 +88,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
 
     run_path = Path(run_dir)
     overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads,
-                 "level_weighting": level_weighting, "gray_fraction": gray_fraction, "precision": precision,
+                 "level_weighting": level_weighting, "clip_norm": clip_norm, "adam_epsilon": adam_epsilon,
+                 "gray_fraction": gray_fraction, "precision": precision,
                  "decay_at": decay_at, "compile": compiled}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None

@@ -18,11 +18,13 @@ def test_resume_or_start_starts_a_missing_run_then_resumes_it_ignoring_the_new_r
     export_run(tmp_path / "seed", tmp_path / "seed.pt", verify_images=0)
     command = ["train", "--data", str(data_dir), "--out", str(tmp_path / "long"), "--resume-or-start",
                "--init", str(tmp_path / "seed.pt"), "--channels", "12", "--steps", "3", "--decay-at", "1",
-               "--patch", "64", "--batch", "2", "--threads", "1", "--device", "cpu"]
+               "--patch", "64", "--batch", "2", "--clip-norm", "100", "--adam-epsilon", "5e-6", "--threads", "1",
+               "--device", "cpu"]
     first = CliRunner().invoke(cli, command)
     assert first.exit_code == 0, first.output
     config = json.loads((tmp_path / "long" / "config.json").read_text())
     assert config["model"]["channels"] == 12 and config["decay_at"] == 1
+    assert config["clip_norm"] == 100 and config["adam_epsilon"] == 5e-6
     # the same command again resumes (widening again would fail: the run is already 12 wide) and may extend it
     second = CliRunner().invoke(cli, command[:command.index("--steps")] + ["--steps", "5"] +
                                 command[command.index("--steps") + 2:])
