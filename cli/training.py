@@ -26,6 +26,9 @@ from vaecodec.errors import UsageError
                    "normalised; the long run uses 100, a guard against outliers only).")
 @click.option("--adam-epsilon", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Adam's epsilon, in units of the clipped gradient (default 1e-8).")
+@click.option("--average-steps", type=click.IntRange(min=0), default=None,
+              help="Also keep a moving average of the weights over about this many steps, for `vaecodec export "
+                   "--average` (default 0: none; on --resume, a run without one starts it from its weights).")
 @click.option("--gray-fraction", type=float, default=None,
               help="Share of training crops turned grayscale, so gray photos learn to cost less (default 0).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
@@ -59,7 +62,7 @@ from vaecodec.errors import UsageError
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, clip_norm, adam_epsilon,
-          gray_fraction, device, resume, resume_or_start, precision, compiled, decay_at, init_weights, latent_codec,
+          average_steps, gray_fraction, device, resume, resume_or_start, precision, compiled, decay_at, init_weights, latent_codec,
           channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
@@ -89,7 +92,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
     run_path = Path(run_dir)
     overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads,
                  "level_weighting": level_weighting, "clip_norm": clip_norm, "adam_epsilon": adam_epsilon,
-                 "gray_fraction": gray_fraction, "precision": precision,
+                 "average_steps": average_steps, "gray_fraction": gray_fraction, "precision": precision,
                  "decay_at": decay_at, "compile": compiled}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     init_state = None
@@ -214,7 +217,9 @@ def _parse_lambdas(text: str, levels: int) -> list:
 @click.option("--verify-images", type=int, default=4, help="Held-out images checked after export.")
 @click.option("-f", "--force", is_flag=True,
               help="Replace an existing weights file (its release is kept in archive/ beside it).")
-def export(run_dir, output, name, fp32, verify_images, force):
+@click.option("--average", is_flag=True,
+              help="Export the run's moving average of the weights (a run trained with --average-steps).")
+def export(run_dir, output, name, fp32, verify_images, force, average):
     """Freeze a run into shipped weights (no optimizer state) and verify them.
 
     \b
@@ -229,7 +234,7 @@ def export(run_dir, output, name, fp32, verify_images, force):
                          f"holds is then kept in {Path(output).parent / 'archive'}, so its .vae files stay decodable)")
     if not checkpoint.exists(run_dir):
         raise UsageError(f"{run_dir} has no checkpoint")
-    report = export_run(run_dir, output, name=name, fp16=not fp32, verify_images=verify_images)
+    report = export_run(run_dir, output, name=name, fp16=not fp32, verify_images=verify_images, average=average)
     click.echo(json.dumps(report, indent=2))
     if not report["symbols_identical"] or report["max_overhead"] > 0.01:
         raise UsageError("verification failed: see the report above")

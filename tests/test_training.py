@@ -360,3 +360,34 @@ def test_exporting_a_run_again_replaces_its_round_and_a_new_run_adds_one(data_di
     export_run(tmp_path / "next", tmp_path / "next.pt", verify_images=0)
     history = read_weights(tmp_path / "next.pt")[0]["training"]["rounds"]
     assert [Path(r["run"]).name for r in history] == ["copy", "next"]
+
+
+def test_the_weight_average_follows_the_weights_survives_a_resume_and_is_what_export_average_ships(
+        data_dir, tmp_path):
+    config = tiny_config(data_dir, 6)
+    config.average_steps = 4
+    trainer = Trainer(tmp_path / "run", config)
+    name = "g_a.0.weight"
+    expected = trainer.model.state_dict()[name].clone()
+
+    def progress(stats):  # the average, by hand: each step moves it a quarter of the way to the new weights
+        expected.lerp_(trainer.model.state_dict()[name], 1 / 4)
+        if stats["step"] == 3:
+            trainer.request_stop()
+
+    trainer.run(progress)
+    resumed = Trainer(tmp_path / "run", config, resume=True)
+    torch.testing.assert_close(resumed.averaged.average[name], expected)
+    resumed.run(lambda stats: expected.lerp_(resumed.model.state_dict()[name], 1 / 4))
+    assert resumed.step == 6
+    torch.testing.assert_close(resumed.averaged.average[name], expected)
+    assert not torch.allclose(expected, resumed.model.state_dict()[name])
+
+    export_run(tmp_path / "run", tmp_path / "average.pt", fp16=False, verify_images=1, average=True)
+    shipped = model_from_weights(read_weights(tmp_path / "average.pt")[0]).state_dict()[name]
+    torch.testing.assert_close(shipped, expected)
+    # a run that keeps no average says so instead of exporting its plain weights
+    run_and_collect(Trainer(tmp_path / "plain", tiny_config(data_dir, 1)))
+    with pytest.raises(vaecodec.errors.UsageError, match="keeps no weight average"):
+        export_run(tmp_path / "plain", tmp_path / "plain.pt", verify_images=0, average=True)
+    assert not (tmp_path / "plain.pt").exists()

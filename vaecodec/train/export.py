@@ -15,6 +15,7 @@ import torch
 
 from .. import container
 from ..codec import Codec
+from ..errors import UsageError
 from ..model import VAE, ModelConfig
 from ..quality import index_levels as level_of_quality  # noqa: F401 (the name tests and tools know)
 from ..weights import model_of_weights as model_from_weights  # noqa: F401
@@ -50,13 +51,19 @@ def verify(codec: Codec, images: list, qualities=(1.0, 4.0, 8.0)) -> list:
     return rows
 
 
-def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_images: int = 4) -> dict:
-    """Export ``run_dir``'s checkpoint to ``out_path`` (a .pt file); returns a report dict."""
+def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_images: int = 4,
+               average: bool = False) -> dict:
+    """Export ``run_dir``'s checkpoint to ``out_path`` (a .pt file); returns a report dict. ``average``
+    exports the run's moving average of the weights (``average_steps``) instead of its current weights."""
     run_dir, out_path = Path(run_dir), Path(out_path)
     config = json.loads((run_dir / "config.json").read_text())
     checkpoint = load_checkpoint(run_dir)
     model = VAE(ModelConfig(**config["model"]))
     model.load_state_dict(checkpoint["model"])  # runs from before the latent codecs too (model.LEGACY_PREFIXES)
+    if average:
+        if "average" not in checkpoint:
+            raise UsageError(f"{run_dir} keeps no weight average (set average_steps in its config.json)")
+        model.load_state_dict(checkpoint["average"], strict=False)
     started = time.time()
     quantile_loss = model.latent_codec.finish_training()
     name = name or out_path.stem

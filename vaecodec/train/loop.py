@@ -5,6 +5,11 @@ optimizers, step, RNG states, in parts under 16 MB, see ``checkpoint.py``; writt
 ``checkpoint_minutes``, at the end, and on SIGINT/SIGTERM),
 ``log.jsonl`` (one JSON object per logged step and per validation). ``--resume`` reloads the checkpoint and
 continues exactly where it stopped: same step, optimizer moments, learning rate and random streams.
+
+With ``average_steps`` the run also keeps an exponential moving average of the trained weights over about
+that many steps (Polyak averaging). A run at a constant learning rate jitters around the minimum it
+tracks; the average sits nearer its centre, and ``vaecodec export --average`` exports it, where a run
+would otherwise need a copy trained on at a decayed learning rate.
 """
 
 import json
@@ -36,6 +41,7 @@ class RunConfig:
     adam_epsilon: float = 1e-8  # Adam's ε, in units of the clipped gradient
     gray_fraction: float = 0.0  # share of training crops turned grayscale (see data.py)
     level_weighting: float = 0.5  # per-level loss weight (lambda_mid / lambda) ** this, see rate_distortion_loss
+    average_steps: int = 0  # keep a moving average of the weights over about this many steps (0: none)
     seed: int = 0
     validation_images: int = 16
     validate_every: int = 1000
@@ -80,6 +86,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+class WeightAverage:
+    """An exponential moving average of some of a model's parameters, saved with the run's checkpoint as a
+    dict of the parameters' state-dict names (the other entries of an averaged state come from the model)."""
+
+    def __init__(self, model: torch.nn.Module, parameters: list):
+        chosen = {id(p) for p in parameters}
+        self.parameters = {name: p for name, p in model.named_parameters() if id(p) in chosen}
+        self.average = {name: p.detach().clone() for name, p in self.parameters.items()}
+
+    @torch.no_grad()
+    def update(self, weight: float):
+        for name, parameter in self.parameters.items():
+            self.average[name].lerp_(parameter, weight)
+
+    def state_dict(self) -> dict:
+        return dict(self.average)
+
+    def load_state_dict(self, state: dict):
+        if state.keys() != self.average.keys():
+            raise UsageError("the checkpoint's weight average does not match the run's model")
+        for name, value in state.items():
+            self.average[name].copy_(value)
+
+
 class Trainer:
     def __init__(self, run_dir, config: RunConfig, device="cpu", resume=False, init_state=None, files=None):
         files = list_images(config.data) if files is None else files
@@ -112,6 +142,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam([{"params": params, "lr_factor": factor} for factor, params in
                                            groups.items()], lr=config.learning_rate, eps=config.adam_epsilon)
         self.quantile_optimizer = torch.optim.Adam(auxiliary, lr=config.quantile_learning_rate)
+        self.averaged = WeightAverage(self.model, self.main_parameters) if config.average_steps else None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.use_amp = resolve_precision(config.precision, self.device) == "bf16"
@@ -136,6 +167,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "quantile_optimizer": self.quantile_optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **({"average": self.averaged.state_dict()} if self.averaged else {}),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -149,6 +181,8 @@ class Trainer:
             group["eps"] = self.config.adam_epsilon
         self.quantile_optimizer.load_state_dict(state["quantile_optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.averaged and "average" in state:  # else the average starts now, from the resumed weights
+            self.averaged.load_state_dict(state["average"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
@@ -176,6 +210,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.main_parameters, config.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.averaged:
+            self.averaged.update(1 / config.average_steps)
         quantile_loss = self.model.latent_codec.auxiliary_loss()
         self.quantile_optimizer.zero_grad(set_to_none=True)
         quantile_loss.backward()
