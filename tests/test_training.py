@@ -391,3 +391,7 @@ def test_the_weight_average_follows_the_weights_survives_a_resume_and_is_what_ex
     with pytest.raises(vaecodec.errors.UsageError, match="keeps no weight average"):
         export_run(tmp_path / "plain", tmp_path / "plain.pt", verify_images=0, average=True)
     assert not (tmp_path / "plain.pt").exists()
+    # such a run, resumed with an average, starts it from the weights it resumes with
+    resumed = Trainer(tmp_path / "plain", config, resume=True)
+    for name, value in resumed.averaged.average.items():
+        torch.testing.assert_close(value, resumed.model.state_dict()[name], rtol=0, atol=0, msg=name)

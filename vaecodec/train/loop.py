@@ -142,7 +142,6 @@ class Trainer:
         self.optimizer = torch.optim.Adam([{"params": params, "lr_factor": factor} for factor, params in
                                            groups.items()], lr=config.learning_rate, eps=config.adam_epsilon)
         self.quantile_optimizer = torch.optim.Adam(auxiliary, lr=config.quantile_learning_rate)
-        self.averaged = WeightAverage(self.model, self.main_parameters) if config.average_steps else None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.use_amp = resolve_precision(config.precision, self.device) == "bf16"
@@ -153,10 +152,13 @@ class Trainer:
         self.validation = validation_crops(held_out) if held_out else None
         if not config.hardware:
             config.hardware = describe_hardware(self.device, config.threads)
-        if resume:
-            self._load_checkpoint()
-        else:
+        saved = self._load_checkpoint() if resume else {}
+        if not resume:
             (self.run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        # the average starts from the weights the run starts or resumes with, unless the checkpoint kept one
+        self.averaged = WeightAverage(self.model, self.main_parameters) if config.average_steps else None
+        if self.averaged and "average" in saved:
+            self.averaged.load_state_dict(saved["average"])
         self._stop_requested = False
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }, self.run_dir)
 
-    def _load_checkpoint(self):
+    def _load_checkpoint(self) -> dict:
         state = checkpoint.load(self.run_dir, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -181,13 +183,12 @@ class Trainer:
             group["eps"] = self.config.adam_epsilon
         self.quantile_optimizer.load_state_dict(state["quantile_optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.averaged and "average" in state:  # else the average starts now, from the resumed weights
-            self.averaged.load_state_dict(state["average"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = state["step"]
+        return state
 
     # -- one optimizer step ------------------------------------------------------------------------------
     def train_step(self) -> dict:
