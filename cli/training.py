@@ -72,7 +72,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
     Examples:
       vaecodec train --data ../shared/datasets/train --out runs/new --steps 20000
       vaecodec train --out runs/new --resume
-      vaecodec train --data ../shared/datasets/train --out ~/runs/long --resume-or-start \
+      vaecodec train --data ../shared/datasets/train --out ~/runs/long --resume-or-start \\
           --init default --steps 1000000 --decay-at 1
       vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
       vaecodec train --data ../shared/datasets/train --out runs/cc --init default --steps 5000 \\
