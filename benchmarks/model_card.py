@@ -61,6 +61,8 @@ def round_commands(rounds: list) -> list:
             command += f" --clip-norm {run['clip_norm']:g}"
         if run.get("adam_epsilon", 1e-8) != 1e-8:
             command += f" --adam-epsilon {run['adam_epsilon']:g}"
+        if run.get("average_steps"):
+            command += f" --average-steps {run['average_steps']}"
         if run.get("gray_fraction"):
             command += f" --gray-fraction {run['gray_fraction']:g}"
         if run.get("decay_at", 0.85) != 0.85:

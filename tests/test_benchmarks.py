@@ -224,12 +224,12 @@ def test_model_card_commands_name_what_each_round_changed():
     second = {"run": "/work/main/runs/wide", "config": {"steps": 50, "learning_rate": 1e-4, "patch": 256, "batch": 4,
                                                          "model": wider, "init": "pretrained/mshp-n64.pt",
                                                          "level_weighting": 0.25, "clip_norm": 100.0,
-                                                         "adam_epsilon": 5.886e-6}}
+                                                         "adam_epsilon": 5.886e-6, "average_steps": 1000}}
     new_run, widening = round_commands([first, second])
     assert "--channels 64 --latent-channels 128 --hyper-channels 64" in new_run and "--init" not in new_run
     assert widening == ("vaecodec train --data ../shared/datasets/train --out runs/wide --steps 50 --lr 0.0001 "
                         "--device cpu --init mshp-n64 --patch 256 --batch 4 --channels 128 --latent-channels 192 "
-                        "--level-weighting 0.25 --clip-norm 100 --adam-epsilon 5.886e-06")
+                        "--level-weighting 0.25 --clip-norm 100 --adam-epsilon 5.886e-06 --average-steps 1000")
 
 
 def test_round_record_rounds_once_to_the_digits_the_model_card_shows():
