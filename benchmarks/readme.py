@@ -53,6 +53,11 @@ FULL_RESULTS = (
     ("heldout_mshp.md", "the shipped model against the earlier default, mshp-n64, on the held-out photos",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate default --reference mshp-n64 "
      "--name heldout_mshp"),
+    ("heldout_average.md", "the long run's moving average of its weights (`vaecodec export --average`) against "
+                           "the release it was measured to replace, as heldout.md measures the decayed copy that "
+                           "shipped instead",
+     "python -m benchmarks.heldout --data ../shared/datasets/train --candidate AVERAGE.pt --reference RELEASE.pt "
+     "--name heldout_average"),
     ("heldout_widened.md", "the long run's model widened to M = 192 latent channels and trained beside the run, "
                            "against the run's export at the same moment, on the held-out photos",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate WIDENED.pt "
