@@ -62,8 +62,8 @@ from vaecodec.errors import UsageError
                    "tables are moved to the new ladder first). Default: the init model's, else CompressAI's "
                    "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, clip_norm, adam_epsilon,
-          average_steps, gray_fraction, device, resume, resume_or_start, precision, compiled, decay_at, init_weights, latent_codec,
-          channels, latent_channels, hyper_channels, lambdas):
+          average_steps, gray_fraction, device, resume, resume_or_start, precision, compiled, decay_at,
+          init_weights, latent_codec, channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.

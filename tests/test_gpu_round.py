@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_a_round_goes_on_from_the_carried_run_and_merges_back_into_it(data_dir, tmp_path):
     cpu_run = tmp_path / "cpu-run"
-    run_and_collect(Trainer(cpu_run, tiny_config(data_dir, 3)))
+    config = tiny_config(data_dir, 3)
+    config.average_steps = 4
+    run_and_collect(Trainer(cpu_run, config))
     device_tree = tmp_path / "device"  # the copy of the working tree the GPU machine gets
     carry = device_tree / ".carry"
     carry_run(cpu_run, carry)
@@ -42,6 +44,7 @@ def test_a_round_goes_on_from_the_carried_run_and_merges_back_into_it(data_dir, 
     round_state = checkpoint.load(out)
     for key, value in round_state["model"].items():
         assert (state["model"][key] == value).all(), key
+    assert "average" not in state  # the CPU run's average was of the weights before the round
     log = [json.loads(line) for line in (cpu_run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r.get("device") == "cuda"] == [3 + 50]  # logged every 50 steps
     # merging again is refused: the run is no longer at the step the round started from

@@ -47,6 +47,11 @@ def main(round_dir, run_dir, carry):
                                    f"{(mismatched or ['extra parameters'])[0]})")
     merged = {**cpu_state, "step": cpu_state["step"] + gpu_state["step"], "model": gpu_state["model"],
               "optimizer": gpu_state["optimizer"], "quantile_optimizer": gpu_state["quantile_optimizer"]}
+    # the run's weight average is of the weights before the round: the round's own replaces it, and without
+    # one the resumed run starts its average again from the round's weights
+    merged.pop("average", None)
+    if "average" in gpu_state:
+        merged["average"] = gpu_state["average"]
     backup = run_dir / "checkpoint.before-gpu-round"
     shutil.rmtree(backup, ignore_errors=True)
     shutil.copytree(checkpoint.location(run_dir), backup)

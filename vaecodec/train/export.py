@@ -62,7 +62,7 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     model.load_state_dict(checkpoint["model"])  # runs from before the latent codecs too (model.LEGACY_PREFIXES)
     if average:
         if "average" not in checkpoint:
-            raise UsageError(f"{run_dir} keeps no weight average (set average_steps in its config.json)")
+            raise UsageError(f"{run_dir} keeps no weight average (train it with --average-steps)")
         model.load_state_dict(checkpoint["average"], strict=False)
     started = time.time()
     quantile_loss = model.latent_codec.finish_training()

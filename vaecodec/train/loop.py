@@ -152,8 +152,10 @@ class Trainer:
         self.validation = validation_crops(held_out) if held_out else None
         if not config.hardware:
             config.hardware = describe_hardware(self.device, config.threads)
-        saved = self._load_checkpoint() if resume else {}
-        if not resume:
+        if resume:
+            saved = self._load_checkpoint()
+        else:
+            saved = {}
             (self.run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
         # the average starts from the weights the run starts or resumes with, unless the checkpoint kept one
         self.averaged = WeightAverage(self.model, self.main_parameters) if config.average_steps else None
