@@ -58,12 +58,13 @@ def export_run(run_dir, out_path, name: str = None, fp16: bool = True, verify_im
     run_dir, out_path = Path(run_dir), Path(out_path)
     config = json.loads((run_dir / "config.json").read_text())
     checkpoint = load_checkpoint(run_dir)
-    model = VAE(ModelConfig(**config["model"]))
-    model.load_state_dict(checkpoint["model"])  # runs from before the latent codecs too (model.LEGACY_PREFIXES)
+    state = checkpoint["model"]
     if average:
         if "average" not in checkpoint:
             raise UsageError(f"{run_dir} keeps no weight average (train it with --average-steps)")
-        model.load_state_dict(checkpoint["average"], strict=False)
+        state = {**state, **checkpoint["average"]}  # the averaged parameters over the run's current ones
+    model = VAE(ModelConfig(**config["model"]))
+    model.load_state_dict(state)  # runs from before the latent codecs too (model.LEGACY_PREFIXES)
     started = time.time()
     quantile_loss = model.latent_codec.finish_training()
     name = name or out_path.stem
