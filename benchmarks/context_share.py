@@ -36,6 +36,13 @@ def estimated_bits(model, x: torch.Tensor, level: int, seed: int = 0) -> float:
     return rate_distortion_loss(x, model(x, levels), levels, model.config.lambdas)["bpp"].item()
 
 
+def steps_with_context(weights_file: dict) -> int:
+    """Training steps of every round that trained a channel-conditional model: a run restarted from a shipped
+    export is a round of its own."""
+    return sum(int(round_["steps"]) for round_ in weights_file["training"]["rounds"]
+               if round_["config"].get("model", {}).get("latent_codec") == "channel-conditional")
+
+
 def context_share(model, x: torch.Tensor) -> dict:
     """{"levels": {level: {"with", "without", "change_percent"}}, "overall_percent"}; levels from 1."""
     without = copy.deepcopy(model)
@@ -89,7 +96,7 @@ def main(weights, data, threads, out):
             raise click.UsageError(f"{name}: not a channel-conditional model")
         result = context_share(model, x)
         models.append({"model": f"{weights_file['name']} ({Path(path).name})",
-                       "steps": int(weights_file["training"]["rounds"][-1]["steps"]), **result})
+                       "steps": steps_with_context(weights_file), **result})
         click.echo(f"{Path(path).name}: {result['overall_percent']:+.2f}%", err=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "models": models,
               "weights": list(weights), "command": "python -m benchmarks.context_share " + " ".join(weights)}

@@ -232,6 +232,20 @@ def test_model_card_commands_name_what_each_round_changed():
                         "--level-weighting 0.25 --clip-norm 100 --adam-epsilon 5.886e-06 --average-steps 1000")
 
 
+def test_context_share_counts_every_channel_conditional_round():
+    from benchmarks.context_share import steps_with_context
+
+    def round_(steps, latent_codec=None):
+        model = {"channels": 64} if latent_codec is None else {"channels": 64, "latent_codec": latent_codec}
+        return {"steps": steps, "config": {"model": model}}
+
+    # a hyperprior round, then the long run and its restart from the shipped export: the restart's own steps
+    # are not all the steps the context networks trained
+    rounds = [round_(7131), round_(7131, "hyperprior"), round_(71265, "channel-conditional"),
+              round_(7615, "channel-conditional")]
+    assert steps_with_context({"training": {"rounds": rounds}}) == 78880
+
+
 def test_round_record_rounds_once_to_the_digits_the_model_card_shows():
     from benchmarks.rounds import round_record
 
