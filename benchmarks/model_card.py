@@ -65,7 +65,9 @@ def round_commands(rounds: list) -> list:
             command += f" --average-steps {run['average_steps']}"
         if run.get("gray_fraction"):
             command += f" --gray-fraction {run['gray_fraction']:g}"
-        if run.get("decay_at", 0.85) != 0.85:
+        if run.get("decay_steps") is not None:
+            command += f" --decay-steps {run['decay_steps']}"
+        elif run.get("decay_at", 0.85) != 0.85:
             command += f" --decay-at {run['decay_at']:g}"
         run_dir = Path(round_info["run"]).as_posix().split("/main/")[-1]
         commands.append(command.replace("--out runs/default", f"--out {run_dir}"))

@@ -45,6 +45,9 @@ from vaecodec.errors import UsageError
 @click.option("--decay-at", type=float, default=None,
               help="Fraction of --steps after which the learning rate drops 10x (default 0.85; 1 keeps it "
                    "constant, for a run of open-ended length).")
+@click.option("--decay-steps", type=click.IntRange(min=0), default=None,
+              help="Train the last this many of --steps at the learning rate ÷10 instead (how a copy of a "
+                   "constant-rate run is decayed for an export: --resume --steps STEP+2400 --decay-steps 2400).")
 @click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
 @click.option("--latent-codec", default=None, type=click.Choice(["hyperprior", "channel-conditional"]),
               help="Entropy model between the transforms (new runs; default: the init model's, else hyperprior). "
@@ -63,7 +66,7 @@ from vaecodec.errors import UsageError
                    "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, clip_norm, adam_epsilon,
           average_steps, gray_fraction, device, resume, resume_or_start, precision, compiled, decay_at,
-          init_weights, latent_codec, channels, latent_channels, hyper_channels, lambdas):
+          decay_steps, init_weights, latent_codec, channels, latent_channels, hyper_channels, lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -72,6 +75,7 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
     Examples:
       vaecodec train --data ../shared/datasets/train --out runs/new --steps 20000
       vaecodec train --out runs/new --resume
+      vaecodec train --out runs/ship --resume --steps 52400 --decay-steps 2400
       vaecodec train --data ../shared/datasets/train --out ~/runs/long --resume-or-start \\
           --init default --steps 1000000 --decay-at 1
       vaecodec train --data ../shared/datasets/train --out runs/round2 --init default --steps 5000
@@ -93,8 +97,12 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
     overrides = {"steps": steps, "patch": patch, "batch": batch, "learning_rate": learning_rate, "threads": threads,
                  "level_weighting": level_weighting, "clip_norm": clip_norm, "adam_epsilon": adam_epsilon,
                  "average_steps": average_steps, "gray_fraction": gray_fraction, "precision": precision,
-                 "decay_at": decay_at, "compile": compiled}
+                 "decay_at": decay_at, "decay_steps": decay_steps, "compile": compiled}
+    if decay_at is not None and decay_steps is not None:
+        raise UsageError("--decay-at and --decay-steps both say where the learning rate drops; give one")
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if decay_at is not None:  # a resumed run's saved --decay-steps would otherwise still win
+        overrides["decay_steps"] = None
     init_state = None
     if resume_or_start:
         resume = checkpoint.exists(run_path)

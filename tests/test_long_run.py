@@ -9,7 +9,7 @@ from benchmarks.model_card import learning_curve
 from cli.main import cli
 from vaecodec.model import HyperpriorVAE, ModelConfig
 from vaecodec.train.export import _log_summary, export_run
-from vaecodec.train.loop import Trainer, resolve_precision
+from vaecodec.train.loop import RunConfig, Trainer, resolve_precision
 from tests.test_training import data_dir, run_and_collect, tiny_config  # noqa: F401 (data_dir is a fixture)
 
 
@@ -31,6 +31,15 @@ def test_resume_or_start_starts_a_missing_run_then_resumes_it_ignoring_the_new_r
     assert second.exit_code == 0, second.output
     assert "step 3 of 5" in second.output
     assert "stopped at step 5" in second.output
+    # a copy decayed for an export states its schedule directly: the last 2 of 7 steps at lr ÷10
+    decayed = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "long"), "--resume", "--steps", "7",
+                                       "--decay-steps", "2", "--device", "cpu"])
+    assert decayed.exit_code == 0, decayed.output
+    config = RunConfig(**json.loads((tmp_path / "long" / "config.json").read_text()))
+    assert [config.learning_rate_at(step) / config.learning_rate for step in (4, 5, 6)] == [1.0, 0.1, 0.1]
+    both = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "long"), "--resume", "--decay-at", "1",
+                                    "--decay-steps", "2"])
+    assert both.exit_code != 0 and "give one" in both.output
 
 
 def test_bf16_steps_keep_the_rate_terms_in_float32_and_train():

@@ -36,6 +36,7 @@ class RunConfig:
     batch: int = 8
     learning_rate: float = 2e-4
     decay_at: float = 0.85  # fraction of the steps after which the learning rate drops 10x
+    decay_steps: int | None = None  # when set, the last this many steps run at the lower rate (not decay_at)
     quantile_learning_rate: float = 1e-3
     clip_norm: float = 1.0  # the main loss's gradient norm is clipped to this
     adam_epsilon: float = 1e-8  # Adam's ε, in units of the clipped gradient
@@ -60,7 +61,8 @@ class RunConfig:
 
 
     def learning_rate_at(self, step: int) -> float:
-        return self.learning_rate * (0.1 if step >= self.decay_at * self.steps else 1.0)
+        decay_start = self.steps - self.decay_steps if self.decay_steps is not None else self.decay_at * self.steps
+        return self.learning_rate * (0.1 if step >= decay_start else 1.0)
 
 
 def describe_hardware(device: torch.device, threads: int) -> str:
