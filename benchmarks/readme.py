@@ -58,10 +58,6 @@ FULL_RESULTS = (
                            "shipped instead",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate AVERAGE.pt --reference RELEASE.pt "
      "--name heldout_average"),
-    ("heldout_decay2400.md", "a copy of the long run decayed for 2400 steps against the same release, where the "
-                             "copy that shipped was carried on to 3600 (heldout.md)",
-     "python -m benchmarks.heldout --data ../shared/datasets/train --candidate DECAYED2400.pt --reference RELEASE.pt "
-     "--name heldout_decay2400"),
     ("heldout_widened.md", "the long run's model widened to M = 192 latent channels and trained beside the run, "
                            "against the run's export at the same moment, on the held-out photos",
      "python -m benchmarks.heldout --data ../shared/datasets/train --candidate WIDENED.pt "

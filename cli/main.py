@@ -180,7 +180,7 @@ def model_options(command):
                                 "no faster: benchmarks/results/speed.md).")(command)
     command = click.option("--workers", type=click.IntRange(min=1), default=None,
                            help="Worker processes for several files, each with its own model. Default: on the CPU "
-                                "one per core (up to 4; measured 1.16x one process for compress and 1.34x for "
+                                "one per core (up to 4; measured 1.17x one process for compress and 1.33x for "
                                 "decompress on 2 cores: benchmarks/results/folder_jobs.md), 1 on a GPU or with "
                                 "--batch-size.")(command)
     command = click.option("--model", default=None,
