@@ -185,6 +185,12 @@ def test_how_it_works_quotes_the_shipped_model_s_training_and_its_gain_over_mshp
     assert f"mshp-n64 ({gain:+.1f}% on the held-out photos".replace("(-", "(\u2212") in README_WORDS
 
 
+def test_how_it_works_ends_the_context_share_list_with_context_share_md_s_latest_export():
+    latest = committed_result("context_share.json")["models"][-1]
+    share, at_level_1 = -latest["overall_percent"], -latest["levels"]["1"]["change_percent"]
+    assert f"and {share}% at {latest['steps']:,} ({at_level_1:.1f}% at quality 1)" in README_WORDS
+
+
 def test_the_weight_average_s_gain_quoted_by_the_readme_is_heldout_average_md_s():
     gain = committed_result("heldout_average.json")["bd_rate_percent"]
     assert f"the average was {gain:+.2f}% against the release".replace("-", "\u2212") in README_WORDS
