@@ -11,7 +11,11 @@ transforms); then every image is compressed and decompressed by both models in t
 ``.vae`` bytes, PSNR of the decoded 8-bit pixels, decode time of the whole ``decompress`` call (entropy decoding,
 integer networks and synthesis) on ``--threads`` threads. Images: the 24 Kodak photos, and the 16 photos
 ``vaecodec train`` holds out of the training folders (downscaled to a long side of 512, as
-``benchmarks.heldout``). Writes context_model.json and context_model.md to --out.
+``benchmarks.heldout``). Writes NAME.json and NAME.md to --out (``--name``, default context_model).
+
+The shipped weights may be a hyperprior (the channel-conditional run then starts with zero context corrections)
+or a channel-conditional model (the hyperprior run then drops its context networks and its h_s alone predicts
+every latent's mean and scale); the report says which.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from PIL import Image
 from benchmarks.bdrate import bd_rate
 from benchmarks.heldout import held_out_photos
 from vaecodec.train.export import _log_summary
+from vaecodec.zoo import model_type
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
 ROLES = ("hyperprior", "channel-conditional")
@@ -83,7 +88,8 @@ def training_summary(run_dir: Path) -> dict:
     return {"run": str(run_dir), "steps": steps, "patch": config["patch"], "batch": config["batch"],
             "learning_rate": config["learning_rate"], "decay_at": config["decay_at"], "seed": config["seed"],
             "threads": config["threads"], "precision": config["precision"], "init": config["init"],
-            "latent_codec": config["model"].get("latent_codec", "hyperprior"), "hours": round(seconds / 3600, 3)}
+            "latent_codec": config["model"].get("latent_codec", "hyperprior"), "hours": round(seconds / 3600, 3),
+            "init_latent_codec": model_type(config["init"]) if config["init"] else None}
 
 
 @click.command()
@@ -98,7 +104,8 @@ def training_summary(run_dir: Path) -> dict:
               help="Comma-separated qualities of the curves.")
 @click.option("--note", "notes", multiple=True, help="A line for the report's notes (repeatable).")
 @click.option("--out", default="benchmarks/results", type=click.Path(file_okay=False))
-def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, qualities, notes, out):
+@click.option("--name", default="context_model", show_default=True, help="Report file name, without extension.")
+def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, qualities, notes, out, name):
     import torch
 
     import vaecodec
@@ -122,11 +129,11 @@ def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, qualiti
                "heldout": summary(measure(codecs, held_out_photos(data, 512), qualities))}
     report = {"date": datetime.date.today().isoformat(), "threads": threads, "qualities": qualities,
               "training": training, "models": {role: f"{c.model_name}@{c.model_hash.hex()}" for role, c in codecs.items()},
-              "measure_seconds": round(time.time() - started), "notes": list(notes), **results}
+              "measure_seconds": round(time.time() - started), "notes": list(notes), "name": name, **results}
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    (out_path / "context_model.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_path / "context_model.md").write_text(markdown(report))
+    (out_path / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_path / f"{name}.md").write_text(markdown(report))
 
 
 def markdown(report: dict) -> str:
@@ -139,8 +146,8 @@ def markdown(report: dict) -> str:
         f"{hyper['steps']} steps on the same crops: patch {hyper['patch']} × {hyper['batch']}, lr {hyper['learning_rate']} "
         f"(10x lower after {hyper['decay_at']:.0%} of the steps), seed {hyper['seed']}, precision {hyper['precision']} "
         f"(bf16 autocast where the CPU has it), "
-        f"{hyper['threads']} thread each on a 2-core CPU shared with other work; the channel-conditional "
-        f"model's context networks, which start at zero, learn at 10x the rate. Training time: hyperprior "
+        f"{hyper['threads']} thread each on a 2-core CPU shared with other work; {start_of_context(context)} "
+        f"Training time: hyperprior "
         f"{hyper['hours']:.2f} h, channel-conditional {context['hours']:.2f} h. Then real files: compress and "
         f"decompress by both models in turn at qualities {', '.join(f'{q:g}' for q in report['qualities'])}, decoded "
         f"8-bit pixels, decode = the whole `decompress` call on {report['threads']} threads (median per quality).",
@@ -165,9 +172,20 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {note}" for note in report["notes"]] + [""]
+    name = report.get("name", "context_model")
     lines += ["Regenerate: `python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B "
-              "--kodak ../shared/datasets/kodak --data ../shared/datasets/train`", ""]
+              "--kodak ../shared/datasets/kodak --data ../shared/datasets/train"
+              + ("" if name == "context_model" else f" --name {name}") + "`", ""]
     return "\n".join(lines)
+
+
+def start_of_context(context_run: dict) -> str:
+    """How the two runs' entropy models started, which decides what "equal training" means here."""
+    if context_run.get("init_latent_codec") == "channel-conditional":
+        return ("the shipped weights are a channel-conditional model: its run keeps their context networks "
+                "(learning at 10x the rate), the hyperprior run drops them and fine-tunes h_s to predict every "
+                "latent's mean and scale alone.")
+    return "the channel-conditional model's context networks, which start at zero, learn at 10x the rate."
 
 
 if __name__ == "__main__":
