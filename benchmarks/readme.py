@@ -66,6 +66,11 @@ FULL_RESULTS = (
                          "and decode time on Kodak and the held-out photos",
      "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
      "--data ../shared/datasets/train"),
+    ("context_model_long_run.md", "the same comparison from the long run's shipped weights (a channel-conditional "
+                                  "model): its context networks kept against a hyperprior that drops them and "
+                                  "fine-tunes h_s alone, the same steps and crops",
+     "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
+     "--data ../shared/datasets/train --name context_model_long_run"),
     ("context_probe.md", "what each context idea (channel groups, checkerboard, latent residual prediction) could "
                          "save on top of the shipped model's frozen transforms: the model's rate estimate on "
                          "held-out crops",
