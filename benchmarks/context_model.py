@@ -1,11 +1,11 @@
-"""The channel-conditional latent codec against the hyperprior at equal training: real files, BD-rate, decode time.
+"""A context latent codec against the hyperprior at equal training: real files, BD-rate, decode time.
 
     python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B \\
         --kodak ../shared/datasets/kodak --data ../shared/datasets/train [--out benchmarks/results]
 
 Both runs fine-tune the shipped weights for the same steps on the same crops (``vaecodec train --init default``
-with ``--latent-codec hyperprior`` and ``--latent-codec channel-conditional``, the same ``--steps``, ``--patch``,
-``--batch``, ``--lr`` and seed). Each run is exported (``vaecodec export``: tails fitted, integer tables, fp16
+with ``--latent-codec hyperprior`` and ``--latent-codec channel-conditional`` or ``channel-checkerboard``, the
+same ``--steps``, ``--patch``, ``--batch``, ``--lr`` and seed; the context run's codec names its column). Each run is exported (``vaecodec export``: tails fitted, integer tables, fp16
 transforms); then every image is compressed and decompressed by both models in turn at qualities 1…8 (or
 ``--qualities``): real
 ``.vae`` bytes, PSNR of the decoded 8-bit pixels, decode time of the whole ``decompress`` call (entropy decoding,
@@ -13,9 +13,9 @@ integer networks and synthesis) on ``--threads`` threads. Images: the 24 Kodak p
 ``vaecodec train`` holds out of the training folders (downscaled to a long side of 512, as
 ``benchmarks.heldout``). Writes NAME.json and NAME.md to --out (``--name``, default context_model).
 
-The shipped weights may be a hyperprior (the channel-conditional run then starts with zero context corrections)
-or a channel-conditional model (the hyperprior run then drops its context networks and its h_s alone predicts
-every latent's mean and scale); the report says which.
+The shipped weights may be a hyperprior (the context run then starts with zero context corrections) or a
+channel-conditional model (the hyperprior run then drops its context networks and its h_s alone predicts every
+latent's mean and scale; a checkerboard run keeps them and adds spatial networks at zero); the report says which.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from vaecodec.train.export import _log_summary
 from vaecodec.zoo import model_type
 
 QUALITIES = (1, 2, 3, 4, 5, 6, 7, 8)
-ROLES = ("hyperprior", "channel-conditional")
 
 
 def kodak_photos(folder: str) -> list:
@@ -72,7 +71,9 @@ def measure(codecs: dict, photos: list, qualities=QUALITIES) -> dict:
 
 
 def summary(rows: dict) -> dict:
-    reference, candidate = rows["hyperprior"], rows["channel-conditional"]
+    """BD-rate and decode-time ratio of the context model (the role that is not "hyperprior") against the
+    hyperprior."""
+    reference, candidate = rows["hyperprior"], rows[context_role(rows)]
     return {"bd_rate_percent": round(bd_rate(reference["bpp"], reference["psnr"], candidate["bpp"],
                                              candidate["psnr"]), 2),
             "decode_time_ratio": round(sum(candidate["decode_s"]) / sum(reference["decode_s"]), 3),
@@ -113,7 +114,10 @@ def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, qualiti
 
     torch.set_num_threads(threads)
     qualities = [float(q) for q in qualities.split(",")]
-    runs = {"hyperprior": Path(hyperprior_run), "channel-conditional": Path(context_run)}
+    context_codec = json.loads((Path(context_run) / "config.json").read_text())["model"].get("latent_codec")
+    if context_codec in (None, "hyperprior"):
+        raise click.UsageError(f"{context_run}: not a context model's run (latent codec {context_codec})")
+    runs = {"hyperprior": Path(hyperprior_run), context_codec: Path(context_run)}
     codecs, training = {}, {}
     for role, run_dir in runs.items():
         path = Path(weights_dir) / f"{run_dir.name}.pt"
@@ -136,11 +140,17 @@ def main(hyperprior_run, context_run, kodak, data, weights_dir, threads, qualiti
     (out_path / f"{name}.md").write_text(markdown(report))
 
 
+def context_role(by_role: dict) -> str:
+    """The context model's role in a dict keyed by role: its latent codec's type name."""
+    return next(role for role in by_role if role != "hyperprior")
+
+
 def markdown(report: dict) -> str:
-    hyper, context = report["training"]["hyperprior"], report["training"]["channel-conditional"]
+    role = context_role(report["training"])
+    hyper, context = report["training"]["hyperprior"], report["training"][role]
     kodak, heldout = report["kodak"], report["heldout"]
     lines = [
-        "# Channel-conditional latent codec against the hyperprior, at equal training",
+        f"# {role.capitalize()} latent codec against the hyperprior, at equal training",
         "",
         f"{report['date']}. Both models fine-tuned from the shipped weights ({Path(hyper['init']).name}) for "
         f"{hyper['steps']} steps on the same crops: patch {hyper['patch']} × {hyper['batch']}, lr {hyper['learning_rate']} "
@@ -148,11 +158,11 @@ def markdown(report: dict) -> str:
         f"(bf16 autocast where the CPU has it), "
         f"{hyper['threads']} thread each on a 2-core CPU shared with other work; {start_of_context(context)} "
         f"Training time: hyperprior "
-        f"{hyper['hours']:.2f} h, channel-conditional {context['hours']:.2f} h. Then real files: compress and "
+        f"{hyper['hours']:.2f} h, {role} {context['hours']:.2f} h. Then real files: compress and "
         f"decompress by both models in turn at qualities {', '.join(f'{q:g}' for q in report['qualities'])}, decoded "
         f"8-bit pixels, decode = the whole `decompress` call on {report['threads']} threads (median per quality).",
         "",
-        "| images | BD-rate, channel-conditional vs hyperprior (PSNR) | decode time ratio |",
+        f"| images | BD-rate, {role} vs hyperprior (PSNR) | decode time ratio |",
         "|---|---:|---:|",
         f"| Kodak (24) | **{kodak['bd_rate_percent']:+.2f}%** | {kodak['decode_time_ratio']:.2f}x |",
         f"| held-out training photos (16, long side 512) | **{heldout['bd_rate_percent']:+.2f}%** | "
@@ -162,9 +172,9 @@ def markdown(report: dict) -> str:
         "",
     ]
     for name, result in (("Kodak", kodak), ("Held-out photos", heldout)):
-        a, b = result["curves"]["hyperprior"], result["curves"]["channel-conditional"]
+        a, b = result["curves"]["hyperprior"], result["curves"][role]
         lines += [f"## {name}", "",
-                  "| quality | hyperprior bpp | dB | decode s | channel-conditional bpp | dB | decode s |",
+                  f"| quality | hyperprior bpp | dB | decode s | {role} bpp | dB | decode s |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for i, quality in enumerate(report["qualities"]):
             lines.append(f"| {quality:g} | {a['bpp'][i]:.4f} | {a['psnr'][i]:.2f} | {a['decode_s'][i]:.3f} | "
@@ -182,10 +192,12 @@ def markdown(report: dict) -> str:
 def start_of_context(context_run: dict) -> str:
     """How the two runs' entropy models started, which decides what "equal training" means here."""
     if context_run.get("init_latent_codec") == "channel-conditional":
-        return ("the shipped weights are a channel-conditional model: its run keeps their context networks "
-                "(learning at 10x the rate), the hyperprior run drops them and fine-tunes h_s to predict every "
-                "latent's mean and scale alone.")
-    return "the channel-conditional model's context networks, which start at zero, learn at 10x the rate."
+        kept = ("its run keeps their context networks (learning at 10x the rate)" if context_run["latent_codec"]
+                == "channel-conditional" else "its run keeps their context networks and adds spatial networks "
+                "that start at zero (all learning at 10x the rate)")
+        return (f"the shipped weights are a channel-conditional model: {kept}, the hyperprior run drops them "
+                "and fine-tunes h_s to predict every latent's mean and scale alone.")
+    return f"the {context_run['latent_codec']} model's context networks, which start at zero, learn at 10x the rate."
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from vaecodec.latent_codecs.channel_conditional import CONTEXT_HIDDEN, channel_groups
+from vaecodec.latent_codecs.channel_conditional import CONTEXT_HIDDEN, SPATIAL_KERNEL, channel_groups
 from vaecodec.model import LAMBDAS, ModelConfig
 from vaecodec.zoo import read_weights, weights_path
 
@@ -135,6 +135,13 @@ def learning_curve_lines(rounds_trained: list) -> list:
 
 
 def summary_lines(latent_codec: str) -> list:
+    if latent_codec == "channel-checkerboard":
+        return ["Mean-scale hyperprior VAE (Minnen, Ballé, Toderici 2018) whose latents are coded in channel groups,",
+                "each group's mean and scale corrected by an integer context network from the groups decoded",
+                "before it (Minnen & Singh 2020, with ELIC's uneven groups, He et al. 2022), and each group coded in",
+                "two checkerboard passes, the second corrected from the first's symbols (He et al. 2021); integer",
+                "hyper-synthesis and context networks (Ballé, Johnston, Minnen 2019), gain units for variable rate",
+                "(Cui et al. 2021)."]
     if latent_codec == "channel-conditional":
         return ["Mean-scale hyperprior VAE (Minnen, Ballé, Toderici 2018) whose latents are coded in channel groups,",
                 "each group's mean and scale corrected by an integer context network from the groups decoded",
@@ -145,14 +152,19 @@ def summary_lines(latent_codec: str) -> list:
 
 
 def context_lines(latent_codec: str, latent_channels: int) -> list:
-    if latent_codec != "channel-conditional":
+    if latent_codec not in ("channel-conditional", "channel-checkerboard"):
         return []
     groups = channel_groups(latent_channels)
-    return [f"- y coded in {len(groups)} channel groups of {'/'.join(map(str, groups))} channels, one after another;"
-            f" group 1 from h_s alone, each later group through a context network: integer conv 3×3 →"
-            f" {CONTEXT_HIDDEN} → 1×1 {CONTEXT_HIDDEN} → 1×1, bounded ReLU, fed with h_s's mean and scale position"
-            f" of the group and the symbols of the groups before it, giving integer corrections of the group's"
-            f" mean and scale position"]
+    lines = [f"- y coded in {len(groups)} channel groups of {'/'.join(map(str, groups))} channels, one after another;"
+             f" group 1 from h_s alone, each later group through a context network: integer conv 3×3 →"
+             f" {CONTEXT_HIDDEN} → 1×1 {CONTEXT_HIDDEN} → 1×1, bounded ReLU, fed with h_s's mean and scale position"
+             f" of the group and the symbols of the groups before it, giving integer corrections of the group's"
+             f" mean and scale position"]
+    if latent_codec == "channel-checkerboard":
+        lines.append(f"- each group in two passes: its anchors (row + column even), then the other half, whose mean"
+                     f" and scale position a spatial network corrects (integer conv {SPATIAL_KERNEL}×{SPATIAL_KERNEL} → {CONTEXT_HIDDEN} → 1×1"
+                     f" {CONTEXT_HIDDEN} → 1×1) from the group's mean, scale position and anchor symbols")
+    return lines
 
 
 def _percent(value) -> str:

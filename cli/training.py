@@ -49,10 +49,12 @@ from vaecodec.errors import UsageError
               help="Train the last this many of --steps at the learning rate ÷10 instead (how a copy of a "
                    "constant-rate run is decayed for an export: --resume --steps STEP+2400 --decay-steps 2400).")
 @click.option("--init", "init_weights", default=None, help="Fine-tune from shipped weights (name or .pt path).")
-@click.option("--latent-codec", default=None, type=click.Choice(["hyperprior", "channel-conditional"]),
+@click.option("--latent-codec", default=None,
+              type=click.Choice(["hyperprior", "channel-conditional", "channel-checkerboard"]),
               help="Entropy model between the transforms (new runs; default: the init model's, else hyperprior). "
                    "channel-conditional from a hyperprior --init starts with zero context corrections, coding "
-                   "exactly as the init model.")
+                   "exactly as the init model; channel-checkerboard adds a spatial context within each channel "
+                   "group, also starting at zero.")
 @click.option("--channels", type=int, default=None,
               help="Width N of g_a and g_s (new runs; with --init, more than the init model's widens them, "
                    "keeping its outputs: see vaecodec/train/widen.py).")

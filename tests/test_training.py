@@ -243,24 +243,28 @@ def test_widening_the_latents_keeps_the_reconstructions_and_trains_the_new_chann
     assert widened.g_s[0].weight.grad[16:].abs().sum() > 0
 
 
-def test_widening_a_channel_conditional_model_keeps_its_context_networks_and_adds_a_group():
+@pytest.mark.parametrize("latent_codec", ["channel-conditional", "channel-checkerboard"])
+def test_widening_a_channel_conditional_model_keeps_its_context_networks_and_adds_a_group(latent_codec):
     from vaecodec.train.widen import with_latent_channels
 
     torch.manual_seed(0)
-    model = HyperpriorVAE(ModelConfig(8, 128, 8, latent_codec="channel-conditional")).eval()
+    model = HyperpriorVAE(ModelConfig(8, 128, 8, latent_codec=latent_codec)).eval()
+    networks = list(model.latent_codec.context) + list(model.latent_codec.spatial)
     with torch.no_grad():
         model.g_a[6].weight *= 100
-        for network in model.latent_codec.context:  # corrections of a trained model, not zero
+        for network in networks:  # corrections of a trained model, not zero
             for parameter in network.parameters():
                 parameter.add_(0.01 * torch.randn_like(parameter))
     widened = with_latent_channels(model, 144, calibration=torch.rand(2, 3, 64, 64)).eval()
     assert widened.latent_codec.groups == (16, 16, 32, 64, 16)
     old_state, new_state = model.state_dict(), widened.state_dict()
     for name, value in old_state.items():
-        if name.startswith("latent_codec.context."):
+        if name.startswith(("latent_codec.context.", "latent_codec.spatial.")):
             assert torch.equal(new_state[name], value), name
-    new_network = widened.latent_codec.context[3]
-    assert all(p.abs().sum() == 0 for p in new_network.convs[-1].parameters())  # zero corrections
+    new_networks = [widened.latent_codec.context[3]] + list(widened.latent_codec.spatial[4:])
+    assert len(new_networks) == (2 if latent_codec == "channel-checkerboard" else 1)
+    for network in new_networks:
+        assert all(p.abs().sum() == 0 for p in network.convs[-1].parameters())  # zero corrections
     x = torch.rand(2, 3, 64, 64)
     levels = torch.tensor([0.0, 7.0])
     with torch.no_grad():

@@ -158,22 +158,40 @@ class IntegerRunner:
             bound = ACTIVATION_MAX * 2**ACTIVATION_FRAC_BITS if spec.hidden else largest / 2**shift + 1
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor, positions: torch.Tensor = None) -> torch.Tensor:
+        """``positions`` (bool, H x W): compute the outputs at those positions alone, the same integers there,
+        zero elsewhere (for a network whose layers after the first are 1x1 without upscaling)."""
         x = x.to(self.weights[0].device, torch.float64)
-        for spec, weight, bias in zip(self.specs, self.weights, self.biases):
-            batch, _, height, width = x.shape
-            if spec.kernel == 1:
-                columns = x.reshape(batch, spec.in_channels, height * width)
-            else:  # (B, Cin*k*k, H*W): explicit products, no convolution algorithm
-                columns = F.unfold(x, spec.kernel, padding=spec.kernel // 2)
+        batch, _, height, width = x.shape
+        selected = None
+        if positions is not None:
+            if any(spec.kernel != 1 or spec.upscale != 1 for spec in self.specs[1:]) or self.specs[0].upscale != 1:
+                raise ValueError("outputs at chosen positions need 1x1 layers after the first, without upscaling")
+            selected = torch.as_tensor(positions, device=x.device).reshape(-1).nonzero().squeeze(1)
+        for i, (spec, weight, bias) in enumerate(zip(self.specs, self.weights, self.biases)):
+            if selected is not None and i > 0:
+                columns = x  # (B, C, chosen positions)
+            else:
+                batch, _, height, width = x.shape
+                if spec.kernel == 1:
+                    columns = x.reshape(batch, spec.in_channels, height * width)
+                else:  # (B, Cin*k*k, H*W): explicit products, no convolution algorithm
+                    columns = F.unfold(x, spec.kernel, padding=spec.kernel // 2)
+                if selected is not None:
+                    columns = columns[:, :, selected]
             accumulator = torch.matmul(weight, columns) + bias[:, None]
             shift = WEIGHT_FRAC_BITS + spec.in_frac_bits - ACTIVATION_FRAC_BITS
             x = torch.floor((accumulator + 2 ** (shift - 1)) / 2**shift)  # round half up; exact in float64
-            x = x.view(batch, -1, height, width)
-            if spec.upscale > 1:
-                x = F.pixel_shuffle(x, spec.upscale)
+            if selected is None:
+                x = x.view(batch, -1, height, width)
+                if spec.upscale > 1:
+                    x = F.pixel_shuffle(x, spec.upscale)
             if spec.hidden:
                 x = x.clamp(0, ACTIVATION_MAX * 2**ACTIVATION_FRAC_BITS)
+        if selected is not None:
+            everywhere = x.new_zeros(batch, x.shape[1], height * width)
+            everywhere[:, :, selected] = x
+            x = everywhere.view(batch, -1, height, width)
         return x
 
 

@@ -37,3 +37,4 @@ register(hyperprior.HyperpriorLatentCodec, hyperprior.HyperpriorCoder)
 from . import channel_conditional  # noqa: E402
 
 register(channel_conditional.ChannelConditionalLatentCodec, channel_conditional.ChannelConditionalCoder)
+register(channel_conditional.ChannelCheckerboardLatentCodec, channel_conditional.ChannelCheckerboardCoder)

@@ -24,6 +24,19 @@ the same symbols with the same tables as that hyperprior, until fine-tuning move
 every symbol, the same file size within the range coder's last word (the groups enter the stream in another
 order than the hyperprior's single pass, so the bytes themselves differ).
 
+The checkerboard variant (type "channel-checkerboard") adds a spatial context within every group (He et
+al., "Checkerboard context model for efficient learned image compression", CVPR 2021; ELIC combines the
+two): each group is coded in two passes, first its anchors (the positions whose row + column is even) with
+the parameters above, then the other half, whose mean and scale position a spatial network corrects from the
+anchors' symbols around it (every direct neighbour of a non-anchor is an anchor):
+
+    group k, pass 1 (anchors):     mean, scale index as above               --GaussianCoder--> anchor symbols
+    group k, pass 2 (non-anchors): spatial_k(mean and position of group k, anchor symbols of group k)
+                                   --> correction at the non-anchors        --GaussianCoder--> other symbols
+
+The spatial networks are integer networks too, and their output layers also start at zero: a checkerboard
+model made from a channel-conditional one codes the same symbols with the same tables until fine-tuning.
+
 Encoder-side refinement (``refine``) searches y against the hyperprior's rate (means and scales before the
 corrections, which depend on the rounded symbols themselves); whatever it chooses is then coded exactly with
 the corrected means and scales.
@@ -48,6 +61,7 @@ from .hyperprior import HyperpriorCoder, HyperpriorLatentCodec, _check_keys
 
 CONTEXT_SYMBOL_MAX = 255  # earlier groups' symbols enter the context networks clamped to this magnitude
 CONTEXT_HIDDEN = 64  # width of the context networks' hidden layers
+SPATIAL_KERNEL = 3  # the spatial networks' first layer: 3x3 sees a non-anchor's four anchor neighbours
 CONTEXT_LR_FACTOR = 10.0  # learning rate of the context networks relative to the rest of the model
 UNIT = 2**ACTIVATION_FRAC_BITS  # fixed-point unit of every context input and output
 # The scale position enters the context networks centred on a typical position: uncentred, it adds the
@@ -79,15 +93,36 @@ def context_specs(group: int, earlier: int, hidden: int = CONTEXT_HIDDEN) -> tup
     )
 
 
+def spatial_specs(group: int, hidden: int = CONTEXT_HIDDEN, kernel: int = SPATIAL_KERNEL) -> tuple:
+    """Layers of the spatial network of a group of ``group`` channels. Input: [mean (group), scale position
+    (group) minus POSITION_CENTRE, the group's anchor symbols (zero elsewhere)]; output: [mean correction,
+    scale-position correction] of the group, used at its non-anchor positions. A 5x5 first layer (He et al.'s)
+    would see the 12 nearest anchors; it cost 14% of a training step for little more (docs/notes.md)."""
+    return (
+        LayerSpec(3 * group, hidden, 1, ACTIVATION_FRAC_BITS, True, kernel=kernel),
+        LayerSpec(hidden, hidden, 1, ACTIVATION_FRAC_BITS, True, kernel=1),
+        LayerSpec(hidden, 2 * group, 1, ACTIVATION_FRAC_BITS, False, kernel=1),
+    )
+
+
+def anchor_mask(height: int, width: int, device=None) -> torch.Tensor:
+    """The checkerboard's first pass: True where row + column is even (bool, height x width)."""
+    rows = torch.arange(height, device=device)[:, None]
+    columns = torch.arange(width, device=device)[None, :]
+    return (rows + columns) % 2 == 0
+
+
 def _bounds(groups: tuple) -> list:
     edges = np.cumsum((0,) + tuple(groups)).tolist()
     return list(zip(edges[:-1], edges[1:]))
 
 
 class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
-    """Training side: the hyperprior's parts plus one context network per group after the first."""
+    """Training side: the hyperprior's parts plus one context network per group after the first (and, with
+    the checkerboard, one spatial network per group)."""
 
     type_name = "channel-conditional"
+    checkerboard = False
 
     def __init__(self, h_a, h_s, z_codec, y_codec, groups: tuple):
         super().__init__(h_a, h_s, z_codec, y_codec)
@@ -95,8 +130,13 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
         self.context = nn.ModuleList(
             IntegerNetwork(context_specs(size, start)) for start, size in
             ((start, end - start) for start, end in _bounds(self.groups)[1:]))
-        for network in self.context:
+        self.spatial = nn.ModuleList(IntegerNetwork(spatial_specs(size)) for size in self.groups) \
+            if self.checkerboard else nn.ModuleList()
+        for network in self._context_networks():
             network.zero_output_layer()
+
+    def _context_networks(self) -> list:
+        return list(self.context) + list(self.spatial)
 
     @classmethod
     def from_config(cls, config) -> "ChannelConditionalLatentCodec":
@@ -118,16 +158,32 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
                 mean_correction, position_correction = correction.split(end - start, dim=1)
                 group_mean = (group_mean + mean_correction).clamp(-MEAN_MAX, MEAN_MAX)
                 group_position = lower_bound(group_position + position_correction, 0.0).clamp(max=NUM_SCALES - 1)
+            if self.checkerboard:
+                group_mean, group_position = self._spatial_step(k, y[:, start:end], group_mean, group_position,
+                                                                dtype)
             y_hat, likelihood = self.y_codec(y[:, start:end], group_mean, group_position)
             symbols.append(round_ste(y[:, start:end] - group_mean))
             y_hats.append(y_hat)
             likelihoods.append(likelihood)
         return torch.cat(y_hats, 1), {"z": z_likelihood, "y": torch.cat(likelihoods, 1)}
 
+    def _spatial_step(self, k: int, y_group, mean, position, dtype) -> tuple:
+        """Group k's mean and scale position with the non-anchors corrected from the anchors' symbols."""
+        anchor = anchor_mask(*y_group.shape[-2:], device=y_group.device)
+        anchor_symbols = torch.where(anchor, round_ste(y_group - mean), 0.0).clamp(-CONTEXT_SYMBOL_MAX,
+                                                                                   CONTEXT_SYMBOL_MAX)
+        correction = self.spatial[k](mean, position - POSITION_CENTRE, anchor_symbols, dtype=dtype).float()
+        mean_correction, position_correction = correction.split(y_group.shape[1], dim=1)
+        mean = torch.where(anchor, mean, (mean + mean_correction).clamp(-MEAN_MAX, MEAN_MAX))
+        position = torch.where(anchor, position,
+                               lower_bound(position + position_correction, 0.0).clamp(max=NUM_SCALES - 1))
+        return mean, position
+
     def learning_rate_factors(self) -> dict:
-        """{parameter: factor of the run's learning rate}: the context networks, which start from zero while
-        the rest of the model is trained, learn at CONTEXT_LR_FACTOR times the rate."""
-        return {parameter: CONTEXT_LR_FACTOR for parameter in self.context.parameters()}
+        """{parameter: factor of the run's learning rate}: the context (and spatial) networks, which start from
+        zero while the rest of the model is trained, learn at CONTEXT_LR_FACTOR times the rate."""
+        return {parameter: CONTEXT_LR_FACTOR for network in self._context_networks()
+                for parameter in network.parameters()}
 
     def export_tables(self, levels: torch.Tensor) -> dict:
         tables = super().export_tables(levels)
@@ -135,29 +191,50 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
         return tables
 
     def export_context_tables(self) -> dict:
-        """{"groups": the group sizes, "group{k}.layer{i}.weight"/".bias": context network k's integers}."""
+        """{"groups": the group sizes, "group{k}.layer{i}.weight"/".bias": context network k's integers,
+        with the checkerboard "spatial{k}.layer{i}..." too}."""
         tables = {"groups": torch.tensor(self.groups, dtype=torch.long)}
-        for k, network in enumerate(self.context):
-            tables.update({f"group{k + 1}.{key}": value for key, value in network.export_integer_tables().items()})
+        for name, network in self._named_context_networks():
+            tables.update({f"{name}.{key}": value for key, value in network.export_integer_tables().items()})
         return tables
+
+    def _named_context_networks(self) -> list:
+        """(table prefix, network): the context network of group k is "group{k}" (k from 1), the spatial
+        network of group k "spatial{k}" (k from 0)."""
+        return ([(f"group{k + 1}", network) for k, network in enumerate(self.context)]
+                + [(f"spatial{k}", network) for k, network in enumerate(self.spatial)])
 
     def load_tables(self, tables: dict):
         """Set the parameters from exported tables; a hyperprior's tables (no "context" entry) leave the
         context networks' corrections at zero: the warm start from a trained hyperprior."""
         super().load_tables({key: value for key, value in tables.items() if key != "context"})
-        if "context" not in tables:
-            for network in self.context:
+        context = tables.get("context", {})
+        for name, network in self._named_context_networks():
+            integer = _prefixed(context, name)
+            if not integer:  # a warm start: this network's correction starts at zero
                 network.zero_output_layer()
-            return
-        for k, network in enumerate(self.context):
-            prefix = f"group{k + 1}."
-            integer = {key[len(prefix):]: value for key, value in tables["context"].items() if key.startswith(prefix)}
+                continue
             network.load_state_dict({key: value.float() for key, value in
                                      network.state_from_integer_tables(integer).items()})
 
 
+class ChannelCheckerboardLatentCodec(ChannelConditionalLatentCodec):
+    """Training side of the channel-conditional codec with a spatial checkerboard within each group."""
+
+    type_name = "channel-checkerboard"
+    checkerboard = True
+
+
+def _prefixed(tables: dict, name: str) -> dict:
+    """The entries of ``tables`` named "name.<key>", as {key: value}."""
+    prefix = name + "."
+    return {key[len(prefix):]: value for key, value in tables.items() if key.startswith(prefix)}
+
+
 class ChannelConditionalCoder(HyperpriorCoder):
     """Coding side (see the module docstring)."""
+
+    checkerboard = False
 
     def __init__(self, tables: dict, config, device: torch.device):
         _check_keys(tables, {"h_a", "h_s", "z", "y", "context"}, "latent codec")
@@ -169,41 +246,72 @@ class ChannelConditionalCoder(HyperpriorCoder):
         self.bounds = _bounds(self.groups)
         self.decoded_means = _MeanCache()
         input_bound = max(MEAN_LIMIT, (NUM_SCALES - 1) * UNIT, CONTEXT_SYMBOL_MAX * UNIT)
-        self.context = []
-        for k, (start, end) in enumerate(self.bounds[1:], 1):
-            prefix = f"group{k}."
-            integer = {key[len(prefix):]: value for key, value in context.items() if key.startswith(prefix)}
-            try:
-                hidden = int(integer["layer0.weight"].shape[0])
-                self.context.append(IntegerRunner(context_specs(end - start, start, hidden), integer, input_bound,
-                                                  device))
-            except (KeyError, ValueError, AttributeError, IndexError) as error:
-                raise InvalidFile(f"weights: context network {k} does not fit the model ({error})") from None
+        self.context = [
+            self._runner(context, f"group{k}", lambda hidden, _: context_specs(end - start, start, hidden),
+                         input_bound, device) for k, (start, end) in enumerate(self.bounds[1:], 1)]
+        self.spatial = [
+            self._runner(context, f"spatial{k}", lambda hidden, kernel: spatial_specs(end - start, hidden, kernel),
+                         input_bound, device) for k, (start, end) in enumerate(self.bounds)
+        ] if self.checkerboard else []
+
+    @staticmethod
+    def _runner(context: dict, name: str, specs_of_shape, input_bound: float, device) -> IntegerRunner:
+        """The runner of a context network, its hidden width (and first kernel) read from its tables."""
+        integer = _prefixed(context, name)
+        try:
+            first = integer["layer0.weight"]
+            specs = specs_of_shape(int(first.shape[0]), int(first.shape[-1]))
+            return IntegerRunner(specs, integer, input_bound, device)
+        except (KeyError, ValueError, AttributeError, IndexError) as error:
+            raise InvalidFile(f"weights: context network {name} does not fit the model ({error})") from None
 
     def _hyper(self, z_symbols: torch.Tensor, quality_index) -> tuple:
         return self.h_s.run_fixed(z_symbols.to(self.device), quality_index)
 
     def _group(self, k: int, mean_fixed, scale_fixed, earlier) -> tuple:
-        """Group k's (mean in units of 2^-ACTIVATION_FRAC_BITS as float64 integers, scale index int64) from its
-        h_s outputs and the symbols of the groups before it (int64, B x earlier channels)."""
+        """Group k's (mean, scale position), both in units of 2^-ACTIVATION_FRAC_BITS as float64 integers, from
+        its h_s outputs and the symbols of the groups before it (int64, B x earlier channels)."""
         start, end = self.bounds[k]
         mean_fixed, scale_fixed = mean_fixed[:, start:end], scale_fixed[:, start:end]
         if k > 0:
             context = earlier.to(mean_fixed.device, torch.float64).clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
-            centred_scale = scale_fixed - POSITION_CENTRE * UNIT
-            correction = self.context[k - 1].run(torch.cat([mean_fixed, centred_scale, context * UNIT], 1))
+            correction = self.context[k - 1].run(torch.cat([mean_fixed, scale_fixed - POSITION_CENTRE * UNIT,
+                                                            context * UNIT], 1))
             mean_correction, scale_correction = correction.split(end - start, dim=1)
-            mean_fixed = (mean_fixed + mean_correction).clamp(-MEAN_LIMIT, MEAN_LIMIT)
-            scale_fixed = scale_fixed + scale_correction
-        return mean_fixed, scale_index_of(scale_fixed, NUM_SCALES)
+            mean_fixed, scale_fixed = _corrected(mean_fixed, scale_fixed, mean_correction, scale_correction)
+        return mean_fixed, scale_fixed
+
+    def _spatial_step(self, k: int, mean_fixed, scale_fixed, group_symbols) -> tuple:
+        """Group k's (mean, scale position) with the non-anchors corrected from the anchors' symbols; the other
+        entries of ``group_symbols`` (B x group channels, int64) are not read."""
+        anchor = anchor_mask(*mean_fixed.shape[-2:], device=mean_fixed.device)
+        context = torch.where(anchor, group_symbols.to(mean_fixed.device, torch.float64), 0.0)
+        context = context.clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
+        correction = self.spatial[k].run(torch.cat([mean_fixed, scale_fixed - POSITION_CENTRE * UNIT,
+                                                    context * UNIT], 1), positions=~anchor)
+        mean_correction, scale_correction = correction.split(mean_fixed.shape[1], dim=1)
+        corrected_mean, corrected_scale = _corrected(mean_fixed, scale_fixed, mean_correction, scale_correction)
+        return torch.where(anchor, mean_fixed, corrected_mean), torch.where(anchor, scale_fixed, corrected_scale)
+
+    def _passes(self, height: int, width: int) -> list:
+        """The positions of a group coded together, in coding order (numpy bool masks, height x width)."""
+        if not self.checkerboard:
+            return [np.ones((height, width), dtype=bool)]
+        anchor = anchor_mask(height, width).numpy()
+        return [anchor, ~anchor]
 
     def _side_all(self, z_symbols: torch.Tensor, y_symbols: torch.Tensor, quality_index) -> tuple:
         """Means (fixed point) and scale indexes of every group at once, all symbols being known."""
         mean_fixed, scale_fixed = self._hyper(z_symbols, quality_index)
         y_symbols = y_symbols.to(mean_fixed.device)
-        parts = [self._group(k, mean_fixed, scale_fixed, y_symbols[:, :start])
-                 for k, (start, _) in enumerate(self.bounds)]
-        return torch.cat([mean for mean, _ in parts], 1), torch.cat([index for _, index in parts], 1)
+        means, scale_indexes = [], []
+        for k, (start, end) in enumerate(self.bounds):
+            mean, scale = self._group(k, mean_fixed, scale_fixed, y_symbols[:, :start])
+            if self.checkerboard:
+                mean, scale = self._spatial_step(k, mean, scale, y_symbols[:, start:end])
+            means.append(mean)
+            scale_indexes.append(scale_index_of(scale, NUM_SCALES))
+        return torch.cat(means, 1), torch.cat(scale_indexes, 1)
 
     def quantize(self, y, quality_index, refine=None) -> Quantized:
         z_symbols = self.z.quantize(self.h_a(y))
@@ -213,9 +321,13 @@ class ChannelConditionalCoder(HyperpriorCoder):
         symbols, scale_indexes = [], []
         for k, (start, end) in enumerate(self.bounds):
             earlier = torch.cat(symbols, 1) if symbols else None
-            group_mean, group_scale_index = self._group(k, mean_fixed, scale_fixed, earlier)
-            symbols.append(self.y.quantize(y[:, start:end], group_mean.to(y.dtype) / UNIT))
-            scale_indexes.append(group_scale_index)
+            mean, scale = self._group(k, mean_fixed, scale_fixed, earlier)
+            group_symbols = self.y.quantize(y[:, start:end], mean.to(y.dtype) / UNIT)
+            if self.checkerboard:  # the anchors' means stay, and so do their symbols
+                mean, scale = self._spatial_step(k, mean, scale, group_symbols)
+                group_symbols = self.y.quantize(y[:, start:end], mean.to(y.dtype) / UNIT)
+            symbols.append(group_symbols)
+            scale_indexes.append(scale_index_of(scale, NUM_SCALES))
         return Quantized(z_symbols, torch.cat(symbols, 1), torch.cat(scale_indexes, 1))
 
     def dequantize(self, symbols: Symbols, quality_index) -> torch.Tensor:
@@ -241,18 +353,27 @@ class ChannelConditionalCoder(HyperpriorCoder):
     def encode(self, encoder, symbols: Symbols, quality_index: int, y_table_index=None):
         self.z.encode(encoder, symbols.z)
         scale_index = self._one(symbols, quality_index, y_table_index)
+        passes = self._passes(*symbols.y.shape[-2:])
         for start, end in self.bounds:  # the order the decoder reads them in
-            self.y.encode(encoder, symbols.y[start:end], scale_index[start:end])
+            for positions in passes:
+                self.y.encode(encoder, symbols.y[start:end][:, positions], scale_index[start:end][:, positions])
 
     def decode(self, decoder, shapes: Symbols, quality_index: int) -> Symbols:
         z_symbols = self.z.decode(decoder, shapes.z)
         mean_fixed, scale_fixed = self._hyper(torch.from_numpy(z_symbols.astype(np.int64))[None],
                                               torch.tensor([quality_index]))
+        height, width = shapes.y[-2:]
         symbols, means = [], []
-        for k in range(len(self.bounds)):
+        for k, (start, end) in enumerate(self.bounds):
             earlier = torch.from_numpy(np.concatenate(symbols))[None] if symbols else None
-            mean, scale_index = self._group(k, mean_fixed, scale_fixed, earlier)
-            symbols.append(self.y.decode(decoder, scale_index[0].cpu().numpy()))
+            mean, scale = self._group(k, mean_fixed, scale_fixed, earlier)
+            group_symbols = np.zeros((end - start, height, width), dtype=np.int64)
+            for coded, positions in enumerate(self._passes(height, width)):
+                if coded:  # the checkerboard's second pass, after the anchors
+                    mean, scale = self._spatial_step(k, mean, scale, torch.from_numpy(group_symbols)[None])
+                scale_index = scale_index_of(scale, NUM_SCALES)[0].cpu().numpy()
+                group_symbols[:, positions] = self.y.decode(decoder, scale_index[:, positions])
+            symbols.append(group_symbols)
             means.append(mean[0])
         y_symbols = np.concatenate(symbols)
         # the synthesis needs these means again (``dequantize``): kept rather than computed a second time
@@ -263,6 +384,18 @@ class ChannelConditionalCoder(HyperpriorCoder):
         z_bits, z_escapes = self.z.code_lengths(symbols.z)
         y_bits, y_escapes = self.y.code_lengths(symbols.y, self._one(symbols, quality_index, y_table_index))
         return Symbols(z_bits, y_bits), z_escapes + y_escapes
+
+
+class ChannelCheckerboardCoder(ChannelConditionalCoder):
+    """Coding side of the channel-conditional codec with a spatial checkerboard within each group."""
+
+    checkerboard = True
+
+
+def _corrected(mean_fixed, scale_fixed, mean_correction, scale_correction) -> tuple:
+    """A context network's corrections applied, clamped as the training side clamps them."""
+    return ((mean_fixed + mean_correction).clamp(-MEAN_LIMIT, MEAN_LIMIT),
+            (scale_fixed + scale_correction).clamp(0, (NUM_SCALES - 1) * UNIT))
 
 
 class _MeanCache:

@@ -86,17 +86,23 @@ def with_latent_channels(model: HyperpriorVAE, latent_channels: int, calibration
 
 
 def _context_state(model: HyperpriorVAE, widened: HyperpriorVAE) -> dict:
-    """The context networks of a widened channel-conditional model: the old model's for the groups both have
-    (from 128 channels up the old groups are the first of the new ones, and the new channels form groups of
-    their own), fresh ones with zero corrections for the rest. Empty for a hyperprior."""
-    prefix = "latent_codec.context."
-    fresh = {k: v for k, v in widened.state_dict().items() if k.startswith(prefix)}
+    """The context (and checkerboard spatial) networks of a widened channel-conditional model: the old model's
+    for the groups both have (from 128 channels up the old groups are the first of the new ones, and the new
+    channels form groups of their own), fresh ones with zero corrections for the rest. Empty for a hyperprior."""
+    fresh = {k: v for k, v in widened.state_dict().items()
+             if k.startswith(("latent_codec.context.", "latent_codec.spatial."))}
     if not fresh:
         return {}
     old_groups, new_groups = model.latent_codec.groups, widened.latent_codec.groups
-    kept = len(old_groups) - 1 if new_groups[:len(old_groups)] == old_groups else 0  # networks of groups 1..
+    shared = len(old_groups) if new_groups[:len(old_groups)] == old_groups else 0
+    kept = {"context": shared - 1, "spatial": shared}  # context networks are numbered from group 1, spatial from 0
     old_state = model.state_dict()
-    return {k: (old_state[k] if int(k[len(prefix):].split(".")[0]) < kept else v) for k, v in fresh.items()}
+
+    def is_kept(key: str) -> bool:
+        _, kind, index = key.split(".")[:3]
+        return int(index) < kept[kind]
+
+    return {k: (old_state[k] if is_kept(k) else v) for k, v in fresh.items()}
 
 
 @torch.no_grad()
