@@ -71,6 +71,10 @@ FULL_RESULTS = (
                                   "fine-tunes h_s alone, the same steps and crops",
      "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
      "--data ../shared/datasets/train --name context_model_long_run"),
+    ("context_model_checkerboard.md", "the same comparison with a spatial checkerboard added within each channel "
+                                      "group (`channel-checkerboard`, its spatial networks starting at zero)",
+     "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
+     "--data ../shared/datasets/train --name context_model_checkerboard"),
     ("context_probe.md", "what each context idea (channel groups, checkerboard, latent residual prediction) could "
                          "save on top of the shipped model's frozen transforms: the model's rate estimate on "
                          "held-out crops",
