@@ -1,4 +1,5 @@
-"""What the trained context networks of a channel-conditional model take off its rate, export by export.
+"""What the trained context networks of a channel-conditional model (and the spatial networks of a checkerboard
+one) take off its rate, export by export.
 
     python -m benchmarks.context_share WEIGHTS... [--data ../shared/datasets/train] [--out benchmarks/results/context_share]
 
@@ -37,16 +38,17 @@ def estimated_bits(model, x: torch.Tensor, level: int, seed: int = 0) -> float:
 
 
 def steps_with_context(weights_file: dict) -> int:
-    """Training steps of every round that trained a channel-conditional model: a run restarted from a shipped
-    export is a round of its own."""
+    """Training steps of every round that trained context networks (a channel-conditional model, with or without
+    the checkerboard): a run restarted from a shipped export is a round of its own."""
     return sum(int(round_["steps"]) for round_ in weights_file["training"]["rounds"]
-               if round_["config"].get("model", {}).get("latent_codec") == "channel-conditional")
+               if round_["config"].get("model", {}).get("latent_codec") in ("channel-conditional",
+                                                                           "channel-checkerboard"))
 
 
 def context_share(model, x: torch.Tensor) -> dict:
     """{"levels": {level: {"with", "without", "change_percent"}}, "overall_percent"}; levels from 1."""
     without = copy.deepcopy(model)
-    for network in without.latent_codec.context:
+    for network in list(without.latent_codec.context) + list(without.latent_codec.spatial):
         network.zero_output_layer()
     levels = {}
     for level in range(model.config.levels):
