@@ -1,5 +1,6 @@
 """The channel-conditional latent codec: integer context networks, exact coding, determinism, hostile input,
-and a warm start that codes exactly as the hyperprior it starts from."""
+and a warm start that codes exactly as the hyperprior it starts from. The coding tests run for its checkerboard
+variant too (tests/test_checkerboard.py has what is the checkerboard's own)."""
 
 from pathlib import Path
 
@@ -30,25 +31,28 @@ def crop(index: int, width: int = 192, height: int = 128) -> Image.Image:
     return image.crop((100, 100, 100 + width, 100 + height))
 
 
-def _perturb(codec: ChannelConditionalLatentCodec, seed: int = 0, std: float = 0.02):
-    """Non-trivial context networks, as after training (their output layers start at zero)."""
+def perturb(codec: ChannelConditionalLatentCodec, seed: int = 0, std: float = 0.02):
+    """Non-trivial context (and spatial) networks, as after training (their output layers start at zero)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for network in codec.context:
+        for network in list(codec.context) + list(codec.spatial):
             for conv in network.convs:
                 conv.weight.add_(torch.randn(conv.weight.shape, generator=generator) * std)
                 conv.bias.add_(torch.randn(conv.bias.shape, generator=generator) * 0.2)
 
 
-def _tiny():
+def tiny(latent_codec: str = "channel-conditional"):
+    """A small trained-looking model of ``latent_codec``: (training side, coding side from its tables)."""
+    from vaecodec.latent_codecs import coding_class, training_class
+
     torch.manual_seed(0)
-    config = ModelConfig(channels=16, latent_channels=24, hyper_channels=8, latent_codec="channel-conditional")
-    codec = ChannelConditionalLatentCodec.from_config(config)
-    _perturb(codec, std=0.05)
+    config = ModelConfig(channels=16, latent_channels=24, hyper_channels=8, latent_codec=latent_codec)
+    codec = training_class(latent_codec).from_config(config)
+    perturb(codec, std=0.05)
     with torch.no_grad():
         codec.h_s.level_scale_shift.normal_(0, 0.2)
         codec.h_s.level_log_mean_gain.normal_(0, 0.1)
-    coder = ChannelConditionalCoder(codec.export_tables(index_levels()), config, torch.device("cpu"))
+    coder = coding_class(latent_codec)(codec.export_tables(index_levels()), config, torch.device("cpu"))
     return codec.eval(), coder
 
 
@@ -59,11 +63,33 @@ def _cc_weights(tmp_path_factory, perturbed: bool) -> Path:
     weights["config"] = {**weights["config"], "latent_codec": "channel-conditional"}
     context = ChannelConditionalLatentCodec.from_config(ModelConfig(**weights["config"]))
     if perturbed:
-        _perturb(context)
+        perturb(context)
     weights["latent_codec"]["context"] = context.export_context_tables()
     path = tmp_path_factory.mktemp("cc") / ("cc-perturbed.pt" if perturbed else "cc-zero.pt")
     save_weights(weights, path)
     return path
+
+
+def checkerboard_weights(tmp_path_factory, perturbed: bool) -> Path:
+    """The shipped channel-conditional weights with spatial networks added: zero ones (a warm start, which
+    must code as the channel-conditional model does) or perturbed ones."""
+    weights, _ = read_weights(weights_path("default"))
+    assert weights["config"]["latent_codec"] == "channel-conditional"
+    weights["config"] = {**weights["config"], "latent_codec": "channel-checkerboard"}
+    model = model_of_weights(weights)  # the context networks loaded, the spatial ones at zero
+    if perturbed:
+        generator = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for network in model.latent_codec.spatial:
+                for conv in network.convs:
+                    conv.weight.add_(torch.randn(conv.weight.shape, generator=generator) * 0.01)
+    weights["latent_codec"]["context"] = model.latent_codec.export_context_tables()
+    path = tmp_path_factory.mktemp("cb") / ("cb-perturbed.pt" if perturbed else "cb-zero.pt")
+    save_weights(weights, path)
+    return path
+
+
+CODECS = ["channel-conditional", "channel-checkerboard"]
 
 
 def test_a_hyperprior_warm_start_trains_from_the_same_parameters_with_zero_corrections():
@@ -89,10 +115,13 @@ def test_a_hyperprior_warm_start_trains_from_the_same_parameters_with_zero_corre
     # per group, so the likelihoods of the noisy latents differ by their noise only)
 
 
-@pytest.fixture(scope="module")
-def codec(tmp_path_factory):
+@pytest.fixture(scope="module", params=CODECS)
+def codec(tmp_path_factory, request):
     torch.set_num_threads(2)
-    return vaecodec.load(str(_cc_weights(tmp_path_factory, perturbed=True)), device="cpu")
+    make = _cc_weights if request.param == "channel-conditional" else checkerboard_weights
+    codec = vaecodec.load(str(make(tmp_path_factory, perturbed=True)), device="cpu")
+    assert codec.config.latent_codec == request.param
+    return codec
 
 
 def test_groups_are_uneven_and_cover_the_latents():
@@ -119,8 +148,9 @@ def test_integer_network_matches_its_training_twin_with_1x1_3x3_5x5_kernels_and_
         IntegerRunner(specs, network.export_integer_tables(), input_bound=2**60)
 
 
-def test_training_forward_agrees_with_the_integer_coder_in_float64():
-    codec, coder = _tiny()
+@pytest.mark.parametrize("latent_codec", CODECS)
+def test_training_forward_agrees_with_the_integer_coder_in_float64(latent_codec):
+    codec, coder = tiny(latent_codec)
     y = torch.randn(3, 24, 8, 12) * 4
     quality_index = torch.tensor([0, 13, 28])
     y_hat, likelihoods = codec(y, index_levels()[quality_index], dtype=torch.float64)
@@ -132,10 +162,12 @@ def test_training_forward_agrees_with_the_integer_coder_in_float64():
     assert not torch.equal(symbols.y + hyper_mean / 2**ACTIVATION_FRAC_BITS, coder.dequantize(symbols, quality_index))
 
 
-def test_range_coding_round_trips_exactly_with_escapes():
-    _, coder = _tiny()
+@pytest.mark.parametrize("latent_codec", CODECS)
+def test_range_coding_round_trips_exactly_with_escapes(latent_codec):
+    _, coder = tiny(latent_codec)
     y = torch.randn(2, 24, 8, 12) * 4
     y[0, 20, 0, :3] = torch.tensor([30000.0, -30000.0, 900.0])  # escaped, and clamped as context inputs
+    y[1, 2, 3, 4] = -5000.0  # a checkerboard anchor's escape feeds its group's spatial context
     quality_index = torch.tensor([4, 20])
     symbols = coder.quantize(y, quality_index)
     for i in range(2):
@@ -161,6 +193,8 @@ def test_range_coding_round_trips_exactly_with_escapes():
 
 def test_files_round_trip_and_are_deterministic_across_threads_and_batches(codec):
     images = [crop(i, 256, 192) for i in range(1, 9)]
+    odd = crop(9, 80, 48)  # latents of odd size (5 x 3)
+    assert codec.bytes_to_latents(codec.compress(odd, 4)) == codec.encode_latents(odd, 4)
     alone = [codec.compress(image, 4) for image in images]
     torch.set_num_threads(1)
     try:
@@ -186,23 +220,27 @@ def test_hostile_and_truncated_payloads_give_invalid_file(codec):
     assert_random_payloads_never_crash(codec, data, (64, 64))
 
 
-def test_zero_context_networks_code_exactly_as_the_hyperprior(tmp_path_factory):
-    """A warm start has the hyperprior's symbols, means and tables: the same code length for every symbol,
-    so the same file size (within the range coder's final word: the groups are coded one after another, so
-    the symbols enter the stream in another order), and the same decoded pixels."""
-    hyperprior = vaecodec.load("mshp-n64", device="cpu")
-    path = _cc_weights(tmp_path_factory, perturbed=False)
+@pytest.mark.parametrize("start, latent_codec", [("mshp-n64", "channel-conditional"),
+                                                  ("default", "channel-checkerboard")])
+def test_zero_new_networks_code_exactly_as_the_model_they_start_from(tmp_path_factory, start, latent_codec):
+    """A warm start (context networks added to a hyperprior, or spatial networks to a channel-conditional
+    model) has its start's symbols, means and tables: the same code length for every symbol, so the same file
+    size (within the range coder's final word: the groups, or the checkerboard's passes, put the symbols in
+    another order), and the same decoded pixels."""
+    reference = vaecodec.load(start, device="cpu")
+    make = _cc_weights if latent_codec == "channel-conditional" else checkerboard_weights
+    path = make(tmp_path_factory, perturbed=False)
     warm_start = vaecodec.load(str(path), device="cpu")
     for index, quality in ((5, 1.0), (7, 4.5), (9, 8.0)):
-        image = crop(index, 128, 128)
-        expected, latents = hyperprior.encode_latents(image, quality), warm_start.encode_latents(image, quality)
+        image = crop(index, 128, 112)
+        expected, latents = reference.encode_latents(image, quality), warm_start.encode_latents(image, quality)
         assert np.array_equal(latents.z_symbols, expected.z_symbols)
         assert np.array_equal(latents.y_symbols, expected.y_symbols)
-        assert warm_start.estimated_bits(latents) == hyperprior.estimated_bits(expected)
-        data, expected_data = warm_start.latents_to_bytes(latents), hyperprior.latents_to_bytes(expected)
+        assert warm_start.estimated_bits(latents) == reference.estimated_bits(expected)
+        data, expected_data = warm_start.latents_to_bytes(latents), reference.latents_to_bytes(expected)
         assert abs(len(data) - len(expected_data)) <= 4
-        assert np.array_equal(np.asarray(warm_start.decompress(data)), np.asarray(hyperprior.decompress(expected_data)))
-    assert warm_start.config.latent_codec == "channel-conditional" == model_type(path)  # read without torch (info)
+        assert np.array_equal(np.asarray(warm_start.decompress(data)), np.asarray(reference.decompress(expected_data)))
+    assert warm_start.config.latent_codec == latent_codec == model_type(path)  # read without torch (info)
 
 
 def test_wide_latents_and_a_lighter_synthesis_than_analysis_train_export_and_code(tmp_path):
@@ -214,7 +252,7 @@ def test_wide_latents_and_a_lighter_synthesis_than_analysis_train_export_and_cod
     model = VAE(config)
     assert model.g_a[0].out_channels == 192 and model.g_s[0].out_channels == 128
     assert model.latent_codec.groups == (16, 16, 32, 64, 192)
-    _perturb(model.latent_codec)
+    perturb(model.latent_codec)
     output = model(torch.rand(2, 3, 64, 64), torch.tensor([0.0, 7.0]))
     assert output["x_hat"].shape == (2, 3, 64, 64) and output["likelihoods"]["y"].shape == (2, 320, 4, 4)
     path = tmp_path / "wide.pt"
