@@ -9,9 +9,8 @@ from vaecodec.errors import InvalidFile
 from vaecodec.latent_codecs.channel_conditional import ChannelCheckerboardCoder, anchor_mask
 from vaecodec.model import ModelConfig
 from vaecodec.weights import model_of_weights, read_weights
-from vaecodec.zoo import weights_path
 
-from test_channel_conditional import checkerboard_weights, tiny
+from test_channel_conditional import channel_conditional_weights, checkerboard_weights, tiny
 
 
 def test_anchors_are_half_the_positions_and_neighbour_only_non_anchors():
@@ -37,10 +36,10 @@ def test_spatial_corrections_move_the_non_anchors_alone():
     assert not torch.equal(corrected[..., ~anchor], mean[..., ~anchor])
 
 
-def test_train_init_adds_spatial_networks_keeping_every_shared_parameter():
+def test_train_init_adds_spatial_networks_keeping_every_shared_parameter(tmp_path_factory):
     from vaecodec_cli.training import _with_latent_codec
 
-    channel_conditional = model_of_weights(read_weights(weights_path("default"))[0])
+    channel_conditional = model_of_weights(read_weights(channel_conditional_weights(tmp_path_factory))[0])
     converted = _with_latent_codec(channel_conditional, "channel-checkerboard")
     state = converted.state_dict()
     for key, value in channel_conditional.state_dict().items():
