@@ -8,8 +8,8 @@ IMAGE ?= ../shared/datasets/kodak/kodim23.png
 
 # The long training run: a folder outside the checkout, resumed by the same command after any interruption
 # (or started from the shipped weights where the folder is gone), in the background at low priority.
-RUN ?= ../runs/cc64
-TRAIN_OPTIONS ?= --init default --latent-codec channel-conditional --gray-fraction 0.05 \
+RUN ?= ../runs/cb64
+TRAIN_OPTIONS ?= --init default --latent-codec channel-checkerboard --gray-fraction 0.05 \
 	--patch 256 --batch 8 --lr 5e-5 --clip-norm 100 --adam-epsilon 5.886e-6 \
 	--average-steps 1000 --steps 1000000 --decay-at 1
 

@@ -180,7 +180,7 @@ def model_options(command):
                                 "no faster: benchmarks/results/speed.md).")(command)
     command = click.option("--workers", type=click.IntRange(min=1), default=None,
                            help="Worker processes for several files, each with its own model. Default: on the CPU "
-                                "one per core (up to 4; measured 1.09x one process for compress and 1.30x for "
+                                "one per core (up to 4; measured 1.27x one process for compress and 1.40x for "
                                 "decompress on 2 cores: benchmarks/results/folder_jobs.md), 1 on a GPU or with "
                                 "--batch-size.")(command)
     command = click.option("--model", default=None,

@@ -1,6 +1,6 @@
 """Merge a GPU round back into the CPU run it was carried from, so that one run goes on across machines.
 
-    python tools/merge_gpu_round.py ROUND_DIR --run ../runs/cc64 [--carry .carry]
+    python tools/merge_gpu_round.py ROUND_DIR --run ../runs/cb64 [--carry .carry]
 
 ROUND_DIR holds what ``tools/gpu_round.sh`` returned: ``checkpoint/part-*``, ``config.json``, ``log.jsonl``.
 The GPU round started from ``.carry/init.pt``, the CPU run's state at the step recorded in

@@ -1,6 +1,6 @@
 """Build ``.carry/``: what a training call on the lent GPU machine needs and the machine lacks.
 
-    python tools/prepare_carry.py [--data ../shared/datasets/train] [--out .carry] [--run ../runs/cc64]
+    python tools/prepare_carry.py [--data ../shared/datasets/train] [--out .carry] [--run ../runs/cb64]
 
 The device machine gets a copy of the working tree (at most 64 MiB with the carried paths) but not
 ``../shared``, and its Python has torch, numpy, click and Pillow but not constriction, with no internet.
