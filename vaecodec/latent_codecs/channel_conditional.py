@@ -132,11 +132,8 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
             ((start, end - start) for start, end in _bounds(self.groups)[1:]))
         self.spatial = nn.ModuleList(IntegerNetwork(spatial_specs(size)) for size in self.groups) \
             if self.checkerboard else nn.ModuleList()
-        for network in self._context_networks():
+        for _, network in self._named_context_networks():
             network.zero_output_layer()
-
-    def _context_networks(self) -> list:
-        return list(self.context) + list(self.spatial)
 
     @classmethod
     def from_config(cls, config) -> "ChannelConditionalLatentCodec":
@@ -155,9 +152,7 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
                 context = torch.cat(symbols, 1).clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
                 correction = self.context[k - 1](group_mean, group_position - POSITION_CENTRE, context,
                                                  dtype=dtype).float()
-                mean_correction, position_correction = correction.split(end - start, dim=1)
-                group_mean = (group_mean + mean_correction).clamp(-MEAN_MAX, MEAN_MAX)
-                group_position = lower_bound(group_position + position_correction, 0.0).clamp(max=NUM_SCALES - 1)
+                group_mean, group_position = _with_correction(group_mean, group_position, correction)
             if self.checkerboard:
                 group_mean, group_position = self._spatial_step(k, y[:, start:end], group_mean, group_position,
                                                                 dtype)
@@ -173,16 +168,13 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
         anchor_symbols = torch.where(anchor, round_ste(y_group - mean), 0.0).clamp(-CONTEXT_SYMBOL_MAX,
                                                                                    CONTEXT_SYMBOL_MAX)
         correction = self.spatial[k](mean, position - POSITION_CENTRE, anchor_symbols, dtype=dtype).float()
-        mean_correction, position_correction = correction.split(y_group.shape[1], dim=1)
-        mean = torch.where(anchor, mean, (mean + mean_correction).clamp(-MEAN_MAX, MEAN_MAX))
-        position = torch.where(anchor, position,
-                               lower_bound(position + position_correction, 0.0).clamp(max=NUM_SCALES - 1))
-        return mean, position
+        corrected_mean, corrected_position = _with_correction(mean, position, correction)
+        return torch.where(anchor, mean, corrected_mean), torch.where(anchor, position, corrected_position)
 
     def learning_rate_factors(self) -> dict:
         """{parameter: factor of the run's learning rate}: the context (and spatial) networks, which start from
         zero while the rest of the model is trained, learn at CONTEXT_LR_FACTOR times the rate."""
-        return {parameter: CONTEXT_LR_FACTOR for network in self._context_networks()
+        return {parameter: CONTEXT_LR_FACTOR for _, network in self._named_context_networks()
                 for parameter in network.parameters()}
 
     def export_tables(self, levels: torch.Tensor) -> dict:
@@ -223,6 +215,14 @@ class ChannelCheckerboardLatentCodec(ChannelConditionalLatentCodec):
 
     type_name = "channel-checkerboard"
     checkerboard = True
+
+
+def _with_correction(mean, position, correction) -> tuple:
+    """Training side: a context network's output [mean correction, position correction] applied, clamped as
+    the coder clamps it (``_corrected``)."""
+    mean_correction, position_correction = correction.split(mean.shape[1], dim=1)
+    return ((mean + mean_correction).clamp(-MEAN_MAX, MEAN_MAX),
+            lower_bound(position + position_correction, 0.0).clamp(max=NUM_SCALES - 1))
 
 
 def _prefixed(tables: dict, name: str) -> dict:
@@ -277,8 +277,7 @@ class ChannelConditionalCoder(HyperpriorCoder):
             context = earlier.to(mean_fixed.device, torch.float64).clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
             correction = self.context[k - 1].run(torch.cat([mean_fixed, scale_fixed - POSITION_CENTRE * UNIT,
                                                             context * UNIT], 1))
-            mean_correction, scale_correction = correction.split(end - start, dim=1)
-            mean_fixed, scale_fixed = _corrected(mean_fixed, scale_fixed, mean_correction, scale_correction)
+            mean_fixed, scale_fixed = _corrected(mean_fixed, scale_fixed, correction)
         return mean_fixed, scale_fixed
 
     def _spatial_step(self, k: int, mean_fixed, scale_fixed, group_symbols) -> tuple:
@@ -289,8 +288,7 @@ class ChannelConditionalCoder(HyperpriorCoder):
         context = context.clamp(-CONTEXT_SYMBOL_MAX, CONTEXT_SYMBOL_MAX)
         correction = self.spatial[k].run(torch.cat([mean_fixed, scale_fixed - POSITION_CENTRE * UNIT,
                                                     context * UNIT], 1), positions=~anchor)
-        mean_correction, scale_correction = correction.split(mean_fixed.shape[1], dim=1)
-        corrected_mean, corrected_scale = _corrected(mean_fixed, scale_fixed, mean_correction, scale_correction)
+        corrected_mean, corrected_scale = _corrected(mean_fixed, scale_fixed, correction)
         return torch.where(anchor, mean_fixed, corrected_mean), torch.where(anchor, scale_fixed, corrected_scale)
 
     def _passes(self, height: int, width: int) -> list:
@@ -392,8 +390,10 @@ class ChannelCheckerboardCoder(ChannelConditionalCoder):
     checkerboard = True
 
 
-def _corrected(mean_fixed, scale_fixed, mean_correction, scale_correction) -> tuple:
-    """A context network's corrections applied, clamped as the training side clamps them."""
+def _corrected(mean_fixed, scale_fixed, correction) -> tuple:
+    """Coding side: a context network's output [mean correction, scale correction] applied, clamped as the
+    training side clamps it (``_with_correction``)."""
+    mean_correction, scale_correction = correction.split(mean_fixed.shape[1], dim=1)
     return ((mean_fixed + mean_correction).clamp(-MEAN_LIMIT, MEAN_LIMIT),
             (scale_fixed + scale_correction).clamp(0, (NUM_SCALES - 1) * UNIT))
 
