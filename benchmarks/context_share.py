@@ -6,7 +6,8 @@ one) take off its rate, export by export.
 For each weights file (a name or a .pt path): the model's estimated bits on the held-out crops that ``vaecodec
 train`` validates on (256x256 centres of the 16 photos it holds out), at every level, with the context
 networks' corrections and with them set to zero; the same transforms, h_s and z prior. The change says how much
-of the rate the jointly trained context networks carry. It overstates what they add against a hyperprior
+of the rate the jointly trained context networks carry. For a checkerboard model the spatial networks alone are
+also set to zero, which says how much of that the second pass within each group carries. It overstates what they add against a hyperprior
 trained alone (h_s may have learnt to leave work to the corrections), and it is a model estimate (the noisy
 likelihood of training), not file sizes. Writes OUT.json and OUT.md.
 """
@@ -45,11 +46,20 @@ def steps_with_context(weights_file: dict) -> int:
                                                                            "channel-checkerboard"))
 
 
+def _without(model, networks: str):
+    """A copy of ``model`` whose ``networks`` ("context" and/or "spatial" attributes of its latent codec) correct
+    nothing."""
+    copied = copy.deepcopy(model)
+    for name in networks.split():
+        for network in getattr(copied.latent_codec, name):
+            network.zero_output_layer()
+    return copied
+
+
 def context_share(model, x: torch.Tensor) -> dict:
-    """{"levels": {level: {"with", "without", "change_percent"}}, "overall_percent"}; levels from 1."""
-    without = copy.deepcopy(model)
-    for network in list(without.latent_codec.context) + list(without.latent_codec.spatial):
-        network.zero_output_layer()
+    """{"levels": {level: {"with", "without", "change_percent"}}, "overall_percent", "spatial_percent"}; levels
+    from 1; "spatial_percent" (the spatial networks alone set to zero) is None for a model without them."""
+    without = _without(model, "context spatial")
     levels = {}
     for level in range(model.config.levels):
         with_context, without_context = estimated_bits(model, x, level), estimated_bits(without, x, level)
@@ -57,7 +67,13 @@ def context_share(model, x: torch.Tensor) -> dict:
                              "change_percent": round(100 * (with_context / without_context - 1), 2)}
     total_with = sum(v["with"] for v in levels.values())
     total_without = sum(v["without"] for v in levels.values())
-    return {"levels": levels, "overall_percent": round(100 * (total_with / total_without - 1), 2)}
+    spatial_percent = None
+    if len(model.latent_codec.spatial):
+        without_spatial = _without(model, "spatial")
+        total_without_spatial = sum(estimated_bits(without_spatial, x, level) for level in range(model.config.levels))
+        spatial_percent = round(100 * (total_with / total_without_spatial - 1), 2)
+    return {"levels": levels, "overall_percent": round(100 * (total_with / total_without - 1), 2),
+            "spatial_percent": spatial_percent}
 
 
 def _markdown(report: dict) -> str:
@@ -67,13 +83,17 @@ def _markdown(report: dict) -> str:
              f"{VALIDATION_IMAGES} photos training holds out, all levels) with its context networks' corrections, "
              "against the same model with the corrections set to zero. Negative: the contexts save that much. A "
              "model estimate (training's noisy likelihood), not file sizes; it overstates what the contexts add "
-             "against a hyperprior trained alone, since h_s may leave work to them.", "",
-             "| model | steps with context networks | " + " | ".join(f"level {v}" for v in levels) + " | overall |",
-             "|---|---:|" + "---:|" * (len(levels) + 1)]
+             "against a hyperprior trained alone, since h_s may leave work to them. Last column: a checkerboard "
+             "model's spatial networks alone set to zero (part of the overall change).", "",
+             "| model | steps with context networks | " + " | ".join(f"level {v}" for v in levels)
+             + " | overall | spatial networks |",
+             "|---|---:|" + "---:|" * (len(levels) + 2)]
     for model in report["models"]:
         cells = [f"{model['levels'][v]['change_percent']:+.2f}%" for v in levels]
+        spatial = model.get("spatial_percent")
         lines.append(f"| {model['model']} | {model['steps']:,} | " + " | ".join(cells)
-                     + f" | **{model['overall_percent']:+.2f}%** |")
+                     + f" | **{model['overall_percent']:+.2f}%** | "
+                     + ("—" if spatial is None else f"{spatial:+.2f}%") + " |")
     lines += ["", f"Regenerate: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -99,7 +119,8 @@ def main(weights, data, threads, out):
         result = context_share(model, x)
         models.append({"model": f"{weights_file['name']} ({Path(path).name})",
                        "steps": steps_with_context(weights_file), **result})
-        click.echo(f"{Path(path).name}: {result['overall_percent']:+.2f}%", err=True)
+        spatial = "" if result["spatial_percent"] is None else f" (spatial {result['spatial_percent']:+.2f}%)"
+        click.echo(f"{Path(path).name}: {result['overall_percent']:+.2f}%{spatial}", err=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "models": models,
               "weights": list(weights), "command": "python -m benchmarks.context_share " + " ".join(weights)}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))

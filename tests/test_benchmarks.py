@@ -320,20 +320,29 @@ def test_context_probe_integer_corrections_are_the_coders():
         assert torch.equal(coded.y_table_index, torch.floor(position + 0.5).long())
 
 
-def test_context_share_is_nothing_for_zero_corrections_and_something_for_trained_ones():
+@pytest.mark.parametrize("latent_codec", ["channel-conditional", "channel-checkerboard"])
+def test_context_share_is_nothing_for_zero_corrections_and_something_for_trained_ones(latent_codec):
     import torch
 
     from benchmarks.context_share import context_share
     from vaecodec.model import VAE, ModelConfig
 
     torch.manual_seed(0)
-    model = VAE(ModelConfig(8, 16, 8, latent_codec="channel-conditional")).eval()
+    model = VAE(ModelConfig(8, 16, 8, latent_codec=latent_codec)).eval()
     with torch.no_grad():
         model.g_a[6].weight *= 100  # latents of a trained model's size, so that the corrections matter
     x = torch.rand(2, 3, 64, 64)
     untrained = context_share(model, x)  # the context networks start at zero corrections
     assert sorted(untrained["levels"]) == list(range(1, 9)) and untrained["overall_percent"] == 0
+    assert untrained["spatial_percent"] == (0 if latent_codec == "channel-checkerboard" else None)
     with torch.no_grad():
         for parameter in model.latent_codec.context.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    assert context_share(model, x)["overall_percent"] != 0
+    trained_channels = context_share(model, x)
+    assert trained_channels["overall_percent"] != 0
+    if latent_codec == "channel-checkerboard":
+        assert trained_channels["spatial_percent"] == 0  # the spatial networks still correct nothing
+        with torch.no_grad():
+            for parameter in model.latent_codec.spatial.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        assert context_share(model, x)["spatial_percent"] != 0
