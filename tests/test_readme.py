@@ -178,9 +178,9 @@ def test_how_it_works_quotes_the_shipped_model_s_training_and_its_gain_over_mshp
     rounds = read_weights(weights_path("mcc-n64"))[0]["training"]["rounds"]
     codecs = [r["config"]["model"].get("latent_codec", "hyperprior") for r in rounds]
     last_hyperprior = len(codecs) - 1 - codecs[::-1].index("hyperprior")
-    as_this_codec = [r["steps"] for r in rounds[last_hyperprior + 1:]]  # runs of this codec, each from the last
-    assert (f"{rounds[last_hyperprior]['steps']:,} steps as a hyperprior, then {sum(as_this_codec):,} as this "
-            f"codec in {len(as_this_codec)} run{'s' if len(as_this_codec) > 1 else ''}" in README_WORDS)
+    with_context = [r["steps"] for r in rounds[last_hyperprior + 1:]]  # runs with context networks
+    assert (f"{rounds[last_hyperprior]['steps']:,} steps as a hyperprior, then {sum(with_context):,} with context "
+            f"networks in {len(with_context)} run{'s' if len(with_context) > 1 else ''}" in README_WORDS)
     gain = committed_result("heldout_mshp.json")["bd_rate_percent"]
     assert f"mshp-n64 ({gain:+.1f}% on the held-out photos".replace("(-", "(\u2212") in README_WORDS
 
