@@ -202,6 +202,22 @@ def test_range_coding_round_trips_exactly_with_escapes(latent_codec):
         assert abs(32 * len(encoder.get_compressed()) - bits) < 64 + 0.01 * bits
 
 
+@pytest.mark.parametrize("latent_codec", CODECS)
+def test_refinement_searches_against_the_corrected_means_and_scales_of_the_unrefined_symbols(latent_codec):
+    from vaecodec.latent_codecs.channel_conditional import UNIT
+
+    _, coder = tiny(latent_codec)
+    y = torch.randn(2, 24, 8, 12) * 4
+    quality_index = torch.tensor([4, 20])
+    plain = coder.quantize(y, quality_index)
+    seen = []
+    refined = coder.quantize(y, quality_index, refine=lambda y, rate: seen.append(rate) or y)  # y left as it was
+    assert torch.equal(refined.y, plain.y) and torch.equal(refined.y_table_index, plain.y_table_index)
+    mean_fixed, scale_index = coder._side_all(plain.z, plain.y, quality_index)  # what the decoder will use
+    assert torch.equal(seen[0].mean, mean_fixed.to(y.dtype) / UNIT)
+    assert torch.equal(seen[0].scale_index, scale_index) and torch.equal(scale_index, plain.y_table_index)
+
+
 def test_files_round_trip_and_are_deterministic_across_threads_and_batches(codec):
     images = [crop(i, 256, 192) for i in range(1, 9)]
     odd = crop(9, 80, 48)  # latents of odd size (5 x 3)

@@ -37,9 +37,9 @@ anchors' symbols around it (every direct neighbour of a non-anchor is an anchor)
 The spatial networks are integer networks too, and their output layers also start at zero: a checkerboard
 model made from a channel-conditional one codes the same symbols with the same tables until fine-tuning.
 
-Encoder-side refinement (``refine``) searches y against the hyperprior's rate (means and scales before the
-corrections, which depend on the rounded symbols themselves); whatever it chooses is then coded exactly with
-the corrected means and scales.
+Encoder-side refinement (``refine``) searches y against the means and scales that the unrefined y's symbols
+give (the corrections depend on the rounded symbols themselves, so they are held fixed while it searches);
+whatever it chooses is then coded exactly with the corrections of its own symbols.
 """
 
 import collections
@@ -314,9 +314,16 @@ class ChannelConditionalCoder(HyperpriorCoder):
     def quantize(self, y, quality_index, refine=None) -> Quantized:
         z_symbols = self.z.quantize(self.h_a(y))
         mean_fixed, scale_fixed = self._hyper(z_symbols, quality_index)
-        if refine is not None:
-            y = refine(y, GaussianRate(mean_fixed.to(y.dtype) / UNIT, scale_index_of(scale_fixed, NUM_SCALES)))
-        symbols, scale_indexes = [], []
+        if refine is not None:  # against the corrections of the unrefined symbols: nearly the rate coded below
+            _, mean, scale_index = self._in_coding_order(y, mean_fixed, scale_fixed)
+            y = refine(y, GaussianRate(mean.to(y.dtype) / UNIT, scale_index))
+        symbols, _, scale_indexes = self._in_coding_order(y, mean_fixed, scale_fixed)
+        return Quantized(z_symbols, symbols, scale_indexes)
+
+    def _in_coding_order(self, y, mean_fixed, scale_fixed) -> tuple:
+        """y's symbols, means (fixed point) and scale indexes, group by group and pass by pass as the decoder
+        will know them."""
+        symbols, means, scale_indexes = [], [], []
         for k, (start, end) in enumerate(self.bounds):
             earlier = torch.cat(symbols, 1) if symbols else None
             mean, scale = self._group(k, mean_fixed, scale_fixed, earlier)
@@ -325,8 +332,9 @@ class ChannelConditionalCoder(HyperpriorCoder):
                 mean, scale = self._spatial_step(k, mean, scale, group_symbols)
                 group_symbols = self.y.quantize(y[:, start:end], mean.to(y.dtype) / UNIT)
             symbols.append(group_symbols)
+            means.append(mean)
             scale_indexes.append(scale_index_of(scale, NUM_SCALES))
-        return Quantized(z_symbols, torch.cat(symbols, 1), torch.cat(scale_indexes, 1))
+        return torch.cat(symbols, 1), torch.cat(means, 1), torch.cat(scale_indexes, 1)
 
     def dequantize(self, symbols: Symbols, quality_index) -> torch.Tensor:
         quality_index = torch.as_tensor(quality_index).reshape(-1)
