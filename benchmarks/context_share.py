@@ -7,9 +7,9 @@ For each weights file (a name or a .pt path): the model's estimated bits on the 
 train`` validates on (256x256 centres of the 16 photos it holds out), at every level, with the context
 networks' corrections and with them set to zero; the same transforms, h_s and z prior. The change says how much
 of the rate the jointly trained context networks carry. For a checkerboard model the spatial networks alone are
-also set to zero, which says how much of that the second pass within each group carries. It overstates what they add against a hyperprior
-trained alone (h_s may have learnt to leave work to the corrections), and it is a model estimate (the noisy
-likelihood of training), not file sizes. Writes OUT.json and OUT.md.
+also set to zero, which says how much of that the second pass within each group carries. It overstates what
+they add against a hyperprior trained alone (h_s may have learnt to leave work to the corrections), and it is
+a model estimate (the noisy likelihood of training), not file sizes. Writes OUT.json and OUT.md.
 """
 
 import copy
@@ -46,11 +46,11 @@ def steps_with_context(weights_file: dict) -> int:
                                                                            "channel-checkerboard"))
 
 
-def _without(model, networks: str):
-    """A copy of ``model`` whose ``networks`` ("context" and/or "spatial" attributes of its latent codec) correct
+def _without(model, *networks: str):
+    """A copy of ``model`` whose ``networks`` (its latent codec's "context" and/or "spatial" lists) correct
     nothing."""
     copied = copy.deepcopy(model)
-    for name in networks.split():
+    for name in networks:
         for network in getattr(copied.latent_codec, name):
             network.zero_output_layer()
     return copied
@@ -59,7 +59,7 @@ def _without(model, networks: str):
 def context_share(model, x: torch.Tensor) -> dict:
     """{"levels": {level: {"with", "without", "change_percent"}}, "overall_percent", "spatial_percent"}; levels
     from 1; "spatial_percent" (the spatial networks alone set to zero) is None for a model without them."""
-    without = _without(model, "context spatial")
+    without = _without(model, "context", "spatial")
     levels = {}
     for level in range(model.config.levels):
         with_context, without_context = estimated_bits(model, x, level), estimated_bits(without, x, level)
@@ -68,7 +68,7 @@ def context_share(model, x: torch.Tensor) -> dict:
     total_with = sum(v["with"] for v in levels.values())
     total_without = sum(v["without"] for v in levels.values())
     spatial_percent = None
-    if len(model.latent_codec.spatial):
+    if model.latent_codec.checkerboard:
         without_spatial = _without(model, "spatial")
         total_without_spatial = sum(estimated_bits(without_spatial, x, level) for level in range(model.config.levels))
         spatial_percent = round(100 * (total_with / total_without_spatial - 1), 2)
