@@ -15,7 +15,8 @@ integer networks and synthesis) on ``--threads`` threads. Images: the 24 Kodak p
 
 The shipped weights may be a hyperprior (the context run then starts with zero context corrections) or a
 channel-conditional model (the hyperprior run then drops its context networks and its h_s alone predicts every
-latent's mean and scale; a checkerboard run keeps them and adds spatial networks at zero); the report says which.
+latent's mean and scale; a checkerboard run keeps them and adds spatial networks at zero) or a checkerboard
+model (whose spatial networks its checkerboard run keeps too); the report says which.
 """
 
 from __future__ import annotations
@@ -191,13 +192,17 @@ def markdown(report: dict) -> str:
 
 def start_of_context(context_run: dict) -> str:
     """How the two runs' entropy models started, which decides what "equal training" means here."""
-    if context_run.get("init_latent_codec") == "channel-conditional":
-        kept = ("its run keeps their context networks (learning at 10x the rate)" if context_run["latent_codec"]
-                == "channel-conditional" else "its run keeps their context networks and adds spatial networks "
-                "that start at zero (all learning at 10x the rate)")
-        return (f"the shipped weights are a channel-conditional model: {kept}, the hyperprior run drops them "
-                "and fine-tunes h_s to predict every latent's mean and scale alone.")
-    return f"the {context_run['latent_codec']} model's context networks, which start at zero, learn at 10x the rate."
+    init, codec = context_run.get("init_latent_codec"), context_run["latent_codec"]
+    if init in (None, "hyperprior"):
+        return f"the {codec} model's context networks, which start at zero, learn at 10x the rate."
+    if init == codec:
+        spatial = ", spatial ones included" if codec == "channel-checkerboard" else ""
+        kept = f"its run keeps their context networks{spatial} (learning at 10x the rate)"
+    else:  # a checkerboard run from a channel-conditional model
+        kept = ("its run keeps their context networks and adds spatial networks that start at zero (all "
+                "learning at 10x the rate)")
+    return (f"the shipped weights are a {init} model: {kept}, the hyperprior run drops them and fine-tunes h_s "
+            "to predict every latent's mean and scale alone.")
 
 
 if __name__ == "__main__":
