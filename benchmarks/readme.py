@@ -75,15 +75,24 @@ FULL_RESULTS = (
                                       "group (`channel-checkerboard`, its spatial networks starting at zero)",
      "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
      "--data ../shared/datasets/train --name context_model_checkerboard"),
+    ("context_model_checkerboard_long_run.md", "the checkerboard comparison again, from the checkerboard model's "
+                                               "first shipped export (every context network kept)",
+     "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
+     "--data ../shared/datasets/train --name context_model_checkerboard_long_run"),
     ("context_probe.md", "what each context idea (channel groups, checkerboard, latent residual prediction) could "
                          "save on top of the shipped model's frozen transforms: the model's rate estimate on "
                          "held-out crops",
      "python -m benchmarks.context_probe"),
+    ("context_probe_long_run.md", "the same on a checkpoint of the long run",
+     "python -m benchmarks.context_probe --run ../runs/cc64 --out benchmarks/results/context_probe_long_run"),
+    ("context_probe_equal_training.md", "the same on the hyperprior of context_model_checkerboard_long_run.md "
+                                        "(h_s fine-tuned without the context networks): what fresh context "
+                                        "networks find that a hyperprior trained alone leaves",
+     "python -m benchmarks.context_probe --weights EQ_HYPERPRIOR.pt --steps 600 --crops 1500 "
+     "--out benchmarks/results/context_probe_equal_training"),
     ("context_share.md", "what the jointly trained context networks of each shipped mcc-n64 export take off its rate "
                          "(the model's estimate with and without their corrections)",
      "python -m benchmarks.context_share", _context_share_scope),
-    ("context_probe_long_run.md", "the same on a checkpoint of the long run",
-     "python -m benchmarks.context_probe --run ../runs/cc64 --out benchmarks/results/context_probe_long_run"),
 )
 
 
