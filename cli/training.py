@@ -55,6 +55,10 @@ from vaecodec.errors import UsageError
                    "channel-conditional from a hyperprior --init starts with zero context corrections, coding "
                    "exactly as the init model; channel-checkerboard adds a spatial context within each channel "
                    "group, also starting at zero.")
+@click.option("--context-position-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam's step on the context networks' scale-position weights relative to their other weights "
+                   "(new runs; default 1; 0.125 learned faster in docs/notes.md). With --init the networks keep "
+                   "their weights: the model codes as before.")
 @click.option("--channels", type=int, default=None,
               help="Width N of g_a and g_s (new runs; with --init, more than the init model's widens them, "
                    "keeping its outputs: see vaecodec/train/widen.py).")
@@ -68,7 +72,8 @@ from vaecodec.errors import UsageError
                    "0.0018…0.18.")
 def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level_weighting, clip_norm, adam_epsilon,
           average_steps, gray_fraction, device, resume, resume_or_start, precision, compiled, decay_at,
-          decay_steps, init_weights, latent_codec, channels, latent_channels, hyper_channels, lambdas):
+          decay_steps, init_weights, latent_codec, context_position_rate, channels, latent_channels, hyper_channels,
+          lambdas):
     """Train a variable-rate model (all 8 quality levels in one run).
 
     Checkpoints every few minutes and on Ctrl-C; --resume continues exactly.
@@ -110,9 +115,12 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
         resume = checkpoint.exists(run_path)
         if resume:  # the run fixed these when it started
             lambdas = channels = latent_channels = hyper_channels = init_weights = latent_codec = None
+            context_position_rate = None
     if resume:
         if latent_codec is not None:
             raise UsageError("--latent-codec is fixed when a run starts; it cannot change on --resume")
+        if context_position_rate is not None:
+            raise UsageError("--context-position-rate is fixed when a run starts; it cannot change on --resume")
         if lambdas is not None:
             raise UsageError("--lambdas is fixed when a run starts; it cannot change on --resume")
         if not checkpoint.exists(run_path):
@@ -145,6 +153,9 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
                 latent_channels = None
             if latent_codec is not None and latent_codec != pretrained.config.latent_codec:
                 pretrained = _with_latent_codec(pretrained, latent_codec)
+            if context_position_rate is not None:
+                pretrained = _with_context_position_rate(pretrained, context_position_rate)
+                context_position_rate = None  # used up, as the widths above
             model, init_state = pretrained.config.to_dict(), pretrained.state_dict()
             overrides["init"] = str(path)
         else:
@@ -152,6 +163,8 @@ def train(data_dirs, run_dir, steps, patch, batch, learning_rate, threads, level
                 model["lambdas"] = ladder
             if latent_codec is not None:
                 model["latent_codec"] = latent_codec
+        if context_position_rate is not None:
+            model["context_position_rate"] = context_position_rate
         for key, value in (("channels", channels), ("latent_channels", latent_channels),
                            ("hyper_channels", hyper_channels)):
             if value is not None:
@@ -192,6 +205,24 @@ def _with_latent_codec(model, latent_codec: str):
     unshared = result.missing_keys + result.unexpected_keys
     if any(not key.startswith("latent_codec.") for key in unshared):
         raise UsageError(f"--latent-codec {latent_codec}: the init model's parameters do not carry over")
+    return converted
+
+
+def _with_context_position_rate(model, rate: float):
+    """The model with its context networks' scale-position weights parameterised for ``rate``: the same
+    weights, so it codes exactly as before."""
+    import dataclasses
+
+    from vaecodec.model import VAE
+
+    if not hasattr(model.latent_codec, "context"):
+        raise UsageError(f"--context-position-rate: the init model's {model.config.latent_codec} latent codec has "
+                         f"no context networks (add --latent-codec channel-conditional)")
+    converted = VAE(dataclasses.replace(model.config, context_position_rate=rate))
+    converted.load_state_dict(model.state_dict())
+    for (_, network), (_, before) in zip(converted.latent_codec.named_context_networks(),
+                                         model.latent_codec.named_context_networks()):
+        network.keep_weights_of(before)
     return converted
 
 

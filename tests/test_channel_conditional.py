@@ -330,3 +330,49 @@ def test_fresh_context_hidden_units_respond_to_their_inputs():
     from vaecodec.latent_codecs.channel_conditional import POSITION_CENTRE
     assert switching_fraction(POSITION_CENTRE) > 0.9
     assert switching_fraction(0.0) < 0.7  # what the centring fixes
+
+
+def test_input_units_change_the_step_on_an_input_s_weights_not_the_network():
+    torch.manual_seed(0)
+    specs = (LayerSpec(6, 8, 1, ACTIVATION_FRAC_BITS, True, kernel=3),
+             LayerSpec(8, 4, 1, ACTIVATION_FRAC_BITS, False, kernel=1))
+    plain = IntegerNetwork(specs)
+    units = torch.tensor([1, 1, 0.125, 0.125, 1, 1])
+    slow = IntegerNetwork(specs, units)
+    slow.keep_weights_of(plain)
+    tables = plain.export_integer_tables()
+    assert all(torch.equal(tables[key], value) for key, value in slow.export_integer_tables().items())
+    again = IntegerNetwork(specs, units)  # shipped integers loaded for fine-tuning export the same integers
+    again.load_state_dict(again.state_from_integer_tables(tables))
+    assert all(torch.equal(tables[key], value) for key, value in again.export_integer_tables().items())
+    # one Adam step of the same loss: the weights on inputs 2 and 3 move 8x less, the others alike
+    x = torch.randn(2, 6, 5, 5)
+    moved = []
+    for network in (plain, slow):
+        before = network.weight(0).detach().clone()
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+        network(x).square().sum().backward()
+        optimizer.step()
+        moved.append((network.weight(0).detach() - before).abs().mean((0, 2, 3)))
+    assert torch.allclose(moved[1], moved[0] * units, rtol=1e-3)
+
+
+def test_train_init_sets_the_context_position_rate_keeping_every_integer(tmp_path):
+    from vaecodec.errors import UsageError
+    from vaecodec_cli.training import _with_context_position_rate
+
+    shipped = model_of_weights(read_weights(weights_path("default"))[0])
+    converted = _with_context_position_rate(shipped, 0.125)
+    assert converted.config.context_position_rate == 0.125
+    levels = index_levels()
+    before, after = shipped.latent_codec.export_tables(levels), converted.latent_codec.export_tables(levels)
+    assert before["context"].keys() == after["context"].keys()
+    assert all(torch.equal(value, after["context"][key]) for key, value in before["context"].items())
+    # saved and loaded again, the weights come back in the new parameterisation, the same integers
+    path = tmp_path / "converted.pt"
+    save_weights(weights_of_model(converted, "converted", fp16=False, training={}), path)
+    again = model_of_weights(read_weights(path)[0])
+    assert again.config.context_position_rate == 0.125
+    assert torch.equal(again.latent_codec.context[0].convs[0].weight, converted.latent_codec.context[0].convs[0].weight)
+    with pytest.raises(UsageError):
+        _with_context_position_rate(model_of_weights(read_weights(weights_path("mshp-n64"))[0]), 0.125)

@@ -74,7 +74,12 @@ class IntegerNetwork(nn.Module):
     ``IntegerRunner`` computes in integers (exactly so in float64; float32 training may differ in rare last
     bits, which only perturbs the training signal). Outputs are on the 2^-ACTIVATION_FRAC_BITS grid."""
 
-    def __init__(self, specs):
+    def __init__(self, specs, input_units=None):
+        """``input_units`` (one per input channel, default all 1): the first layer's weight on input channel
+        c is its parameter times ``input_units[c]``. Adam moves every parameter by about the same step, so a
+        unit below 1 makes the steps on that input's weights as much smaller: an input much larger than the
+        others would otherwise swing the hidden units at every step. The integers it exports do not depend on
+        the units, only on the weights."""
         super().__init__()
         self.specs = tuple(specs)
         for previous, spec in zip(self.specs, self.specs[1:]):
@@ -84,6 +89,25 @@ class IntegerNetwork(nn.Module):
             nn.Conv2d(s.in_channels, s.out_channels * s.upscale**2, s.kernel, padding=s.kernel // 2)
             for s in self.specs
         )
+        units = [1.0] * self.specs[0].in_channels if input_units is None else [float(u) for u in input_units]
+        if len(units) != self.specs[0].in_channels or min(units) <= 0:
+            raise ValueError(f"need {self.specs[0].in_channels} positive input units")
+        self.register_buffer("input_units", torch.tensor(units)[None, :, None, None], persistent=False)
+        with torch.no_grad():  # the same initial weights whatever the units
+            self.convs[0].weight /= self.input_units
+
+    def weight(self, i: int, dtype=torch.float32) -> torch.Tensor:
+        """Layer i's weights, before fixed-point rounding."""
+        weight = self.convs[i].weight.to(dtype)
+        return weight * self.input_units.to(dtype) if i == 0 else weight
+
+    def keep_weights_of(self, other: "IntegerNetwork"):
+        """Take ``other``'s weights and biases, whatever the units of either: the same network, in this one's
+        parameterisation."""
+        with torch.no_grad():
+            for i, conv in enumerate(self.convs):
+                conv.weight.copy_(other.weight(i, torch.float64) / (self.input_units.double() if i == 0 else 1))
+                conv.bias.copy_(other.convs[i].bias)
 
     def zero_output_layer(self):
         """Make the network output zero whatever its input (a correction that starts as no correction)."""
@@ -94,8 +118,8 @@ class IntegerNetwork(nn.Module):
     def run_layers(self, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """Training path: ``x`` (B, in_channels, H, W) holds values on the first layer's input grid."""
         x = x.to(dtype)
-        for spec, conv in zip(self.specs, self.convs):
-            weight = round_ste(conv.weight.to(dtype) * 2**WEIGHT_FRAC_BITS) / 2**WEIGHT_FRAC_BITS
+        for i, (spec, conv) in enumerate(zip(self.specs, self.convs)):
+            weight = round_ste(self.weight(i, dtype) * 2**WEIGHT_FRAC_BITS) / 2**WEIGHT_FRAC_BITS
             bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
             bias = round_ste(conv.bias.to(dtype) * bias_unit) / bias_unit
             x = F.conv2d(x, weight, bias, padding=spec.kernel // 2)
@@ -114,7 +138,7 @@ class IntegerNetwork(nn.Module):
         layer's accumulator, 2^-(WEIGHT_FRAC_BITS + in_frac_bits)), int64."""
         tables = {}
         for i, (spec, conv) in enumerate(zip(self.specs, self.convs)):
-            tables[f"layer{i}.weight"] = torch.round(conv.weight.detach().double() * 2**WEIGHT_FRAC_BITS).long()
+            tables[f"layer{i}.weight"] = torch.round(self.weight(i, torch.float64).detach() * 2**WEIGHT_FRAC_BITS).long()
             bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
             tables[f"layer{i}.bias"] = torch.round(conv.bias.detach().double() * bias_unit).long()
         return tables
@@ -124,7 +148,8 @@ class IntegerNetwork(nn.Module):
         ``tables`` again: the inverse of ``export_integer_tables``, for fine-tuning shipped weights."""
         state = {}
         for i, spec in enumerate(self.specs):
-            state[f"{prefix}convs.{i}.weight"] = tables[f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS
+            units = self.input_units.double() if i == 0 else 1
+            state[f"{prefix}convs.{i}.weight"] = tables[f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS / units
             bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
             state[f"{prefix}convs.{i}.bias"] = tables[f"layer{i}.bias"].double() / bias_unit
         return state

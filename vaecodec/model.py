@@ -34,11 +34,16 @@ class ModelConfig:
     lambdas: tuple = LAMBDAS  # the rate-distortion trade-off each level trains for, one per level
     latent_codec: str = "hyperprior"  # type name of the latent codec (latent_codecs.LATENT_CODECS)
     synthesis_channels: int = 0  # N of the synthesis transform when it differs from g_a's; 0: the same
+    # Adam's step on the context networks' scale-position weights, relative to their other weights (the
+    # parameterisation of latent_codecs/channel_conditional.py; the exported integers do not depend on it)
+    context_position_rate: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))  # JSON gives lists
         if len(self.lambdas) != self.levels or any(v <= 0 for v in self.lambdas):
             raise ValueError(f"need {self.levels} positive lambdas, got {self.lambdas}")
+        if not self.context_position_rate > 0:
+            raise ValueError(f"context_position_rate must be positive, got {self.context_position_rate}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -105,6 +105,13 @@ def spatial_specs(group: int, hidden: int = CONTEXT_HIDDEN, kernel: int = SPATIA
     )
 
 
+def position_units(group: int, inputs: int, rate: float) -> list:
+    """Units of a context or spatial network's first-layer weights (``IntegerNetwork``'s ``input_units``):
+    ``rate`` on the group's scale-position inputs, 1 on the others. The position spans tens of table steps
+    where means and symbols span a few, so at equal steps its weights move the hidden units most."""
+    return [1.0] * group + [rate] * group + [1.0] * (inputs - 2 * group)
+
+
 def anchor_mask(height: int, width: int, device=None) -> torch.Tensor:
     """The checkerboard's first pass: True where row + column is even (bool, height x width)."""
     rows = torch.arange(height, device=device)[:, None]
@@ -124,21 +131,23 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
     type_name = "channel-conditional"
     checkerboard = False
 
-    def __init__(self, h_a, h_s, z_codec, y_codec, groups: tuple):
+    def __init__(self, h_a, h_s, z_codec, y_codec, groups: tuple, position_rate: float = 1.0):
         super().__init__(h_a, h_s, z_codec, y_codec)
         self.groups = tuple(groups)
         self.context = nn.ModuleList(
-            IntegerNetwork(context_specs(size, start)) for start, size in
-            ((start, end - start) for start, end in _bounds(self.groups)[1:]))
-        self.spatial = nn.ModuleList(IntegerNetwork(spatial_specs(size)) for size in self.groups) \
-            if self.checkerboard else nn.ModuleList()
-        for _, network in self._named_context_networks():
+            IntegerNetwork(context_specs(size, start), position_units(size, 2 * size + start, position_rate))
+            for start, size in ((start, end - start) for start, end in _bounds(self.groups)[1:]))
+        self.spatial = nn.ModuleList(
+            IntegerNetwork(spatial_specs(size), position_units(size, 3 * size, position_rate))
+            for size in self.groups) if self.checkerboard else nn.ModuleList()
+        for _, network in self.named_context_networks():
             network.zero_output_layer()
 
     @classmethod
     def from_config(cls, config) -> "ChannelConditionalLatentCodec":
         hyper = HyperpriorLatentCodec.from_config(config)
-        return cls(hyper.h_a, hyper.h_s, hyper.z_codec, hyper.y_codec, channel_groups(config.latent_channels))
+        return cls(hyper.h_a, hyper.h_s, hyper.z_codec, hyper.y_codec, channel_groups(config.latent_channels),
+                   config.context_position_rate)
 
     def forward(self, y: torch.Tensor, level: torch.Tensor, dtype=torch.float32) -> tuple:
         """As the hyperprior's forward, group by group; ``dtype=torch.float64`` computes the context networks
@@ -174,7 +183,7 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
     def learning_rate_factors(self) -> dict:
         """{parameter: factor of the run's learning rate}: the context (and spatial) networks, which start from
         zero while the rest of the model is trained, learn at CONTEXT_LR_FACTOR times the rate."""
-        return {parameter: CONTEXT_LR_FACTOR for _, network in self._named_context_networks()
+        return {parameter: CONTEXT_LR_FACTOR for _, network in self.named_context_networks()
                 for parameter in network.parameters()}
 
     def export_tables(self, levels: torch.Tensor) -> dict:
@@ -186,11 +195,11 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
         """{"groups": the group sizes, "group{k}.layer{i}.weight"/".bias": context network k's integers,
         with the checkerboard "spatial{k}.layer{i}..." too}."""
         tables = {"groups": torch.tensor(self.groups, dtype=torch.long)}
-        for name, network in self._named_context_networks():
+        for name, network in self.named_context_networks():
             tables.update({f"{name}.{key}": value for key, value in network.export_integer_tables().items()})
         return tables
 
-    def _named_context_networks(self) -> list:
+    def named_context_networks(self) -> list:
         """(table prefix, network): the context network of group k is "group{k}" (k from 1), the spatial
         network of group k "spatial{k}" (k from 0)."""
         return ([(f"group{k + 1}", network) for k, network in enumerate(self.context)]
@@ -201,7 +210,7 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
         context networks' corrections at zero: the warm start from a trained hyperprior."""
         super().load_tables({key: value for key, value in tables.items() if key != "context"})
         context = tables.get("context", {})
-        for name, network in self._named_context_networks():
+        for name, network in self.named_context_networks():
             integer = _prefixed(context, name)
             if not integer:  # a warm start: this network's correction starts at zero
                 network.zero_output_layer()
