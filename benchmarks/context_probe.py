@@ -24,6 +24,9 @@ variant fitted to its training crops alone. Variants:
    the groups before it; it is added to y_hat before g_s. The rate does not change; trained on the distortion
    alone (g_s frozen, gradients through it) and measured as the PSNR change. It runs g_s at every step, so it
    trains on smaller crops (--lrp-crop, the centres of the same crops).
+5. channel groups, integer context networks, slower on the scale position: variant 1 with Adam's steps on the
+   weights that read the scale position POSITION_RATE times the others' (``vaecodec train
+   --context-position-rate``): the position spans tens of table steps where means and symbols span a few.
 
 Rate: the model's estimate of the held-out crops' bits, not file sizes: -log2 of the discretised Gaussian
 likelihood of every rounded y symbol at its table scale, plus z's bits under its prior (z does not change).
@@ -70,6 +73,7 @@ LEVEL_WEIGHTING = 0.5  # LRP's distortion per crop weighed as the trainer does b
 FLOAT_HIDDEN = 128  # width of the float networks
 POSITION_SPREAD = 8.0  # table positions per unit of the float networks' (centred) scale-position input
 CHECKERBOARD_KERNEL = 5
+POSITION_RATE = 0.125  # variant 5's --context-position-rate
 REPO = Path(__file__).resolve().parent.parent
 CONDITIONAL = GaussianConditional()
 
@@ -240,6 +244,11 @@ def integer_channel_context(config: ModelConfig) -> ChannelContext:
                           channel_groups(config.latent_channels), position_scale=1.0)
 
 
+def slow_position_channel_context(config: ModelConfig) -> ChannelContext:
+    """Variant 5: variant 1 parameterised for smaller steps on the scale-position weights."""
+    return integer_channel_context(dataclasses.replace(config, context_position_rate=POSITION_RATE))
+
+
 def float_channel_context(config: ModelConfig) -> ChannelContext:
     groups = channel_groups(config.latent_channels)
     networks = nn.ModuleList(FloatNetwork(2 * (end - start) + start, 2 * (end - start))
@@ -292,6 +301,8 @@ VARIANTS = {  # title: what builds the trained part from the model's config
     "channel groups, float context networks (upper bound for the integer ones)": float_channel_context,
     f"checkerboard (spatial, {CHECKERBOARD_KERNEL}x{CHECKERBOARD_KERNEL} over the anchor half)": Checkerboard,
     "latent residual prediction": LatentResidualPrediction,
+    f"channel groups, integer context networks, scale-position steps x{POSITION_RATE:g}":
+        slow_position_channel_context,
 }
 
 

@@ -32,8 +32,8 @@ INTERRUPTED_EXIT_CODE = 130  # what shells report for a process stopped by SIGIN
 
 # What quality 1-8 means: the shipped model's mean over the 24 Kodak photos (benchmarks/results/rd.md).
 QUALITY_HELP = ("1 (smallest files) to 8 (best quality), in steps of 0.25. On the Kodak photos: quality 1 about "
-                "0.03 bpp and 23.8 dB PSNR, 3 about 0.18 bpp / 28.1 dB, 5 about 0.59 bpp / 32.8 dB, 8 about "
-                "1.56 bpp / 35.3 dB (benchmarks/results/rd.md). A grayscale image is coded "
+                "0.03 bpp and 23.8 dB PSNR, 3 about 0.18 bpp / 28.0 dB, 5 about 0.59 bpp / 32.8 dB, 8 about "
+                "1.56 bpp / 35.2 dB (benchmarks/results/rd.md). A grayscale image is coded "
                 f"{GRAY_QUALITY_OFFSET * QUALITY_STEP:g} lower, nearer the PSNR a colour photo "
                 "gets at the quality given.")
 
@@ -180,7 +180,7 @@ def model_options(command):
                                 "no faster: benchmarks/results/speed.md).")(command)
     command = click.option("--workers", type=click.IntRange(min=1), default=None,
                            help="Worker processes for several files, each with its own model. Default: on the CPU "
-                                "one per core (up to 4; measured 1.24x one process for compress and 1.36x for "
+                                "one per core (up to 4; measured 1.14x one process for compress and 1.32x for "
                                 "decompress on 2 cores: benchmarks/results/folder_jobs.md), 1 on a GPU or with "
                                 "--batch-size.")(command)
     command = click.option("--model", default=None,
