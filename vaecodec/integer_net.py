@@ -138,7 +138,8 @@ class IntegerNetwork(nn.Module):
         layer's accumulator, 2^-(WEIGHT_FRAC_BITS + in_frac_bits)), int64."""
         tables = {}
         for i, (spec, conv) in enumerate(zip(self.specs, self.convs)):
-            tables[f"layer{i}.weight"] = torch.round(self.weight(i, torch.float64).detach() * 2**WEIGHT_FRAC_BITS).long()
+            weight = self.weight(i, torch.float64).detach()
+            tables[f"layer{i}.weight"] = torch.round(weight * 2**WEIGHT_FRAC_BITS).long()
             bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
             tables[f"layer{i}.bias"] = torch.round(conv.bias.detach().double() * bias_unit).long()
         return tables
