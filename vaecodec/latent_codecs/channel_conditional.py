@@ -105,11 +105,13 @@ def spatial_specs(group: int, hidden: int = CONTEXT_HIDDEN, kernel: int = SPATIA
     )
 
 
-def position_units(group: int, inputs: int, rate: float) -> list:
-    """Units of a context or spatial network's first-layer weights (``IntegerNetwork``'s ``input_units``):
-    ``rate`` on the group's scale-position inputs, 1 on the others. The position spans tens of table steps
-    where means and symbols span a few, so at equal steps its weights move the hidden units most."""
-    return [1.0] * group + [rate] * group + [1.0] * (inputs - 2 * group)
+def _network(specs: tuple, group: int, position_rate: float) -> IntegerNetwork:
+    """A context or spatial network of a group of ``group`` channels (inputs: mean, scale position, then
+    symbols), its first-layer weights on the scale position in units of ``position_rate``
+    (``IntegerNetwork``'s ``input_units``). The position spans tens of table steps where means and symbols
+    span a few, so at equal steps its weights move the hidden units most."""
+    symbols = specs[0].in_channels - 2 * group
+    return IntegerNetwork(specs, [1.0] * group + [position_rate] * group + [1.0] * symbols)
 
 
 def anchor_mask(height: int, width: int, device=None) -> torch.Tensor:
@@ -135,11 +137,10 @@ class ChannelConditionalLatentCodec(HyperpriorLatentCodec):
         super().__init__(h_a, h_s, z_codec, y_codec)
         self.groups = tuple(groups)
         self.context = nn.ModuleList(
-            IntegerNetwork(context_specs(size, start), position_units(size, 2 * size + start, position_rate))
-            for start, size in ((start, end - start) for start, end in _bounds(self.groups)[1:]))
-        self.spatial = nn.ModuleList(
-            IntegerNetwork(spatial_specs(size), position_units(size, 3 * size, position_rate))
-            for size in self.groups) if self.checkerboard else nn.ModuleList()
+            _network(context_specs(end - start, start), end - start, position_rate)
+            for start, end in _bounds(self.groups)[1:])
+        self.spatial = nn.ModuleList(_network(spatial_specs(size), size, position_rate) for size in self.groups) \
+            if self.checkerboard else nn.ModuleList()
         for _, network in self.named_context_networks():
             network.zero_output_layer()
 
