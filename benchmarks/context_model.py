@@ -91,6 +91,7 @@ def training_summary(run_dir: Path) -> dict:
             "learning_rate": config["learning_rate"], "decay_at": config["decay_at"], "seed": config["seed"],
             "threads": config["threads"], "precision": config["precision"], "init": config["init"],
             "latent_codec": config["model"].get("latent_codec", "hyperprior"), "hours": round(seconds / 3600, 3),
+            "context_position_rate": config["model"].get("context_position_rate", 1.0),
             "init_latent_codec": model_type(config["init"]) if config["init"] else None}
 
 
@@ -193,8 +194,10 @@ def markdown(report: dict) -> str:
 def start_of_context(context_run: dict) -> str:
     """How the two runs' entropy models started, which decides what "equal training" means here."""
     init, codec = context_run.get("init_latent_codec"), context_run["latent_codec"]
+    rate = context_run.get("context_position_rate", 1.0)
     if init in (None, "hyperprior"):
-        return f"the {codec} model's context networks, which start at zero, learn at 10x the rate."
+        slower = "" if rate == 1 else f" (their scale-position weights' steps x{rate:g}, --context-position-rate)"
+        return f"the {codec} model's context networks, which start at zero, learn at 10x the rate{slower}."
     if init == codec:
         spatial = ", spatial ones included" if codec == "channel-checkerboard" else ""
         kept = f"its run keeps their context networks{spatial} (learning at 10x the rate)"

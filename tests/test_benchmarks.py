@@ -346,3 +346,14 @@ def test_context_share_is_nothing_for_zero_corrections_and_something_for_trained
             for parameter in model.latent_codec.spatial.parameters():
                 parameter.add_(0.05 * torch.randn_like(parameter))
         assert context_share(model, x)["spatial_percent"] != 0
+
+
+def test_context_model_report_says_how_the_context_networks_started():
+    from benchmarks.context_model import start_of_context
+
+    fresh = {"init_latent_codec": "hyperprior", "latent_codec": "channel-checkerboard"}
+    assert "start at zero" in start_of_context(fresh) and "position" not in start_of_context(fresh)
+    slowed = start_of_context({**fresh, "context_position_rate": 0.125})
+    assert "x0.125" in slowed and "--context-position-rate" in slowed
+    kept = start_of_context({"init_latent_codec": "channel-checkerboard", "latent_codec": "channel-checkerboard"})
+    assert "keeps their context networks, spatial ones included" in kept
