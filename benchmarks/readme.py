@@ -79,6 +79,11 @@ FULL_RESULTS = (
                                                "first shipped export (every context network kept)",
      "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
      "--data ../shared/datasets/train --name context_model_checkerboard_long_run"),
+    ("context_model_from_hyperprior_16k.md", "the checkerboard comparison from the shipped hyperprior for 16000 "
+                                             "steps, the context networks fresh with their scale-position steps "
+                                             "x0.125 (`--context-position-rate`)",
+     "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
+     "--data ../shared/datasets/train --name context_model_from_hyperprior_16k"),
     ("context_probe.md", "what each context idea (channel groups, checkerboard, latent residual prediction) could "
                          "save on top of the shipped model's frozen transforms: the model's rate estimate on "
                          "held-out crops",
