@@ -84,6 +84,10 @@ FULL_RESULTS = (
                                              "x0.125 (`--context-position-rate`)",
      "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
      "--data ../shared/datasets/train --name context_model_from_hyperprior_16k"),
+    ("context_model_from_hyperprior_32k.md", "the same two runs resumed to 32000 steps: the equal-training "
+                                             "comparison that meets the issue's target",
+     "python -m benchmarks.context_model --hyperprior-run RUN_A --context-run RUN_B --kodak ../shared/datasets/kodak "
+     "--data ../shared/datasets/train --name context_model_from_hyperprior_32k"),
     ("context_probe.md", "what each context idea (channel groups, checkerboard, latent residual prediction) could "
                          "save on top of the shipped model's frozen transforms: the model's rate estimate on "
                          "held-out crops",
