@@ -96,17 +96,21 @@ class IntegerNetwork(nn.Module):
         with torch.no_grad():  # the same initial weights whatever the units
             self.convs[0].weight /= self.input_units
 
+    def _units(self, i: int, dtype) -> torch.Tensor | float:
+        """What layer i's parameters are multiplied by to give its weights: the input units for the first."""
+        return self.input_units.to(dtype) if i == 0 else 1.0
+
     def weight(self, i: int, dtype=torch.float32) -> torch.Tensor:
         """Layer i's weights, before fixed-point rounding."""
         weight = self.convs[i].weight.to(dtype)
-        return weight * self.input_units.to(dtype) if i == 0 else weight
+        return weight * self._units(0, dtype) if i == 0 else weight  # no multiply by 1 on the training path
 
     def keep_weights_of(self, other: "IntegerNetwork"):
         """Take ``other``'s weights and biases, whatever the units of either: the same network, in this one's
         parameterisation."""
         with torch.no_grad():
             for i, conv in enumerate(self.convs):
-                conv.weight.copy_(other.weight(i, torch.float64) / (self.input_units.double() if i == 0 else 1))
+                conv.weight.copy_(other.weight(i, torch.float64) / self._units(i, torch.float64))
                 conv.bias.copy_(other.convs[i].bias)
 
     def zero_output_layer(self):
@@ -149,8 +153,8 @@ class IntegerNetwork(nn.Module):
         ``tables`` again: the inverse of ``export_integer_tables``, for fine-tuning shipped weights."""
         state = {}
         for i, spec in enumerate(self.specs):
-            units = self.input_units.double() if i == 0 else 1
-            state[f"{prefix}convs.{i}.weight"] = tables[f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS / units
+            weight = tables[f"layer{i}.weight"].double() / 2**WEIGHT_FRAC_BITS
+            state[f"{prefix}convs.{i}.weight"] = weight / self._units(i, torch.float64)
             bias_unit = 2 ** (WEIGHT_FRAC_BITS + spec.in_frac_bits)
             state[f"{prefix}convs.{i}.bias"] = tables[f"layer{i}.bias"].double() / bias_unit
         return state
